@@ -1,0 +1,94 @@
+"""The ``dogo`` command line.
+
+    dogo train --config-file configs/template.yaml [key=value ...]   # as the authors' train.py
+    dogo train --resume runs/NAME                                    # continue a run
+    dogo eval runs/NAME [--protocols ...]                            # evaluate every peer
+    dogo quickstart                                                  # SimCLR alone vs DoGo, Fashion-MNIST
+    dogo notebooks [--smoke]                                         # run the notebooks with papermill
+
+User mistakes (bad config, missing data, broken checkpoint) print one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import DogoError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import Trainer, train
+
+    if args.resume:
+        if args.config_file or args.overrides:
+            raise DogoError("--resume continues a run with its own config.yaml; drop --config-file and overrides")
+        trainer = Trainer.from_run(args.resume, progress=None if not args.no_progress else False)
+        if trainer.epoch >= trainer.cfg.train.epochs:
+            print(f"{args.resume} already finished all {trainer.cfg.train.epochs} epochs")
+            return 0
+        result = trainer.fit()
+    else:
+        kwargs = {"progress": False} if args.no_progress else {}
+        result = train(args.config_file, run_dir=args.run_dir, overrides=args.overrides, **kwargs)
+    if result.get("interrupted"):
+        return 130
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    print(f"run folder: {result['run_dir']}")
+    for name, m in result.get("peers", {}).items():
+        knn = f", kNN top-1 {m['knn_top1']:.2f} %" if "knn_top1" in m else ""
+        print(f"  {name}: loss {m['total_loss']:.4f} (ssl {m['ssl_loss']:.4f}, distill {m['distill_loss']:.4f}){knn}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dogo", description="Distill on the Go: SimCLR/SimSiam with online "
+                                     "mutual similarity distillation between peers of different sizes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model (baseline) or a DoGo cohort from a YAML config")
+    p.add_argument("--config-file", "--config", dest="config_file", help="YAML config (see configs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--run-dir", help="write the run here instead of output_dir/NAME-TIMESTAMP")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=5 peers.0.width=32")
+    p.set_defaults(func=_train)
+
+    from . import quickstart
+
+    quickstart.add_arguments(sub.add_parser("quickstart", help=quickstart.__doc__.splitlines()[0]))
+
+    try:
+        from . import evaluate
+    except ImportError:  # pragma: no cover
+        evaluate = None
+    if evaluate is not None and hasattr(evaluate, "add_arguments"):
+        evaluate.add_arguments(sub.add_parser("eval", help="evaluate every peer of one or more runs"))
+    try:
+        from . import notebooks
+    except ImportError:  # pragma: no cover
+        notebooks = None
+    if notebooks is not None and hasattr(notebooks, "add_arguments"):
+        notebooks.add_arguments(sub.add_parser("notebooks", help="execute the notebooks with papermill"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except DogoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Typed run configuration: dataclasses, loaded from YAML, validated at start.
+
+Every mistake fails before any work with one ``ConfigError`` that names the key, e.g.
+``peers[1].distill_weight: must be >= 0, got -1.0`` or
+``train.epohcs: unknown key (did you mean 'epochs'?)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50")
+OBJECTIVES = ("simclr", "simsiam")
+DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "cifar10_imbalanced", "stl10", "tiny_imagenet")
+
+
+def _check(**rules: Any) -> dict[str, Any]:
+    """Validation rules stored in a field's metadata: gt, ge, le, choices."""
+    return {"rules": rules}
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="fashion_mnist", metadata=_check(choices=DATASETS))
+    root: str | None = None  # folder holding the dataset files; None searches $DOGO_DATA, data/, system paths
+    image_size: int = field(default=28, metadata=_check(ge=8))
+    limit: int | None = field(default=None, metadata=_check(ge=2))  # train on the first `limit` images
+    eval_limit: int | None = field(default=None, metadata=_check(ge=2))  # kNN monitor bank/query size
+    download: bool = False
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale_min: float = field(default=0.08, metadata=_check(gt=0.0, le=1.0))
+    flip: bool = True
+    jitter_strength: float | None = field(default=None, metadata=_check(ge=0.0))  # None: per objective
+    jitter_prob: float = field(default=0.8, metadata=_check(ge=0.0, le=1.0))
+    grayscale_prob: float = field(default=0.2, metadata=_check(ge=0.0, le=1.0))
+    blur: bool | None = None  # None: only at image_size >= 224, as in SimCLR
+    share_views: bool = False  # True: all peers see the same two views (the method gives each its own)
+
+
+@dataclass
+class PeerConfig:
+    name: str = "model"
+    backbone: str = field(default="cnn", metadata=_check(choices=BACKBONES))
+    width: int = field(default=32, metadata=_check(ge=1))  # cnn only: channels of the first block
+    objective: str = field(default="simclr", metadata=_check(choices=OBJECTIVES))
+    temperature: float = field(default=0.5, metadata=_check(gt=0.0))  # NT-Xent temperature (SimCLR)
+    projection_dim: int | None = field(default=None, metadata=_check(ge=1))  # None: 128 SimCLR, 2048 SimSiam
+    hidden_dim: int = field(default=512, metadata=_check(ge=1))  # SimCLR projector hidden width
+    predictor_hidden_dim: int = field(default=512, metadata=_check(ge=1))  # SimSiam bottleneck
+    distill_weight: float = field(default=1.0, metadata=_check(ge=0.0))  # weight of KL towards each peer
+    lr: float | None = field(default=None, metadata=_check(gt=0.0))  # None: train.lr
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = field(default=0.1, metadata=_check(gt=0.0))
+    reduction: Literal["batchmean", "mean"] = "batchmean"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata=_check(ge=1))
+    batch_size: int = field(default=256, metadata=_check(ge=2))
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = field(default=3e-4, metadata=_check(gt=0.0))
+    weight_decay: float = field(default=1e-6, metadata=_check(ge=0.0))
+    momentum: float = field(default=0.9, metadata=_check(ge=0.0, le=1.0))
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = field(default=0.0, metadata=_check(ge=0.0))
+    min_lr_ratio: float = field(default=0.0, metadata=_check(ge=0.0, le=1.0))
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off elsewhere
+    channels_last: bool = True
+    compile: bool = False
+    sync_batchnorm: bool = False
+    checkpoint_every: int = field(default=1, metadata=_check(ge=1))  # epochs
+    checkpoint_every_steps: int | None = field(default=None, metadata=_check(ge=1))
+    log_every: int = field(default=50, metadata=_check(ge=1))  # steps between finiteness checks
+    knn_every: int = field(default=1, metadata=_check(ge=0))  # epochs; 0 turns the monitor off
+    knn_k: int = field(default=200, metadata=_check(ge=1))
+    knn_temperature: float = field(default=0.1, metadata=_check(gt=0.0))
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    peers: list[PeerConfig] = field(default_factory=lambda: [PeerConfig()])
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a typed config from plain data, with one clear message per mistake
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _apply_rules(value: Any, rules: dict[str, Any], key: str) -> None:
+    if value is None:
+        return
+    if "choices" in rules and value not in rules["choices"]:
+        near = difflib.get_close_matches(str(value), rules["choices"], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{key}: unknown value {value!r}{hint}; choose from {', '.join(rules['choices'])}")
+    if "gt" in rules and not value > rules["gt"]:
+        raise ConfigError(f"{key}: must be > {rules['gt']}, got {value}")
+    if "ge" in rules and not value >= rules["ge"]:
+        raise ConfigError(f"{key}: must be >= {rules['ge']}, got {value}")
+    if "le" in rules and not value <= rules["le"]:
+        raise ConfigError(f"{key}: must be <= {rules['le']}, got {value}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in fields:
+            near = difflib.get_close_matches(str(k), fields, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _coerce(data[name], hints[name], key)
+        _apply_rules(value, f.metadata.get("rules", {}), key)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_whole(cfg: Config) -> Config:
+    if not cfg.peers:
+        raise ConfigError("peers: at least one peer is needed")
+    names = [p.name for p in cfg.peers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"peers: names must be unique, got {names}")
+    for i, p in enumerate(cfg.peers):
+        if p.backbone == "cnn" and cfg.data.image_size < 8:
+            raise ConfigError(f"peers[{i}].backbone: the cnn needs data.image_size >= 8")
+        if p.backbone.startswith("resnet") and cfg.data.image_size < 16:
+            raise ConfigError(
+                f"data.image_size: {p.backbone} needs images of at least 16 px, got {cfg.data.image_size}"
+            )
+    if cfg.data.limit is not None and cfg.data.limit < cfg.train.batch_size:
+        raise ConfigError(
+            f"data.limit: {cfg.data.limit} images give no full batch of train.batch_size={cfg.train.batch_size}"
+        )
+    if cfg.device not in ("auto", "cpu", "mps") and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"device: must be auto, cpu, mps or cuda[:N], got {cfg.device!r}")
+    return cfg
+
+
+def from_dict(data: dict[str, Any] | None) -> Config:
+    """Build and validate a Config from plain data (as read from YAML)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    return _check_whole(_build(Config, data))
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (``peers.0.width=64`` for list items) to plain config data."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=5")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{where}: no list item {part!r} (there are {len(node)})")
+                node = node[int(part)]
+            else:
+                if part not in node or node[part] is None:
+                    default = Config().to_dict()
+                    sub = default
+                    for p in parts[: i + 1]:
+                        sub = sub.get(p) if isinstance(sub, dict) else None
+                    if not isinstance(sub, (dict, list)):
+                        raise ConfigError(f"{where}: unknown key")
+                    node[part] = sub
+                node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"{path}: no list item {last!r}")
+            node[int(last)] = _parse_scalar(text)
+        else:
+            node[last] = _parse_scalar(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+    return from_dict(apply_overrides(data, overrides or []))

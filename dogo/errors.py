@@ -1,0 +1,21 @@
+"""Errors the kit raises for user mistakes: the command line prints them as one line, no traceback."""
+
+
+class DogoError(Exception):
+    """Base class for mistakes in user input (config, data, checkpoints, run folders)."""
+
+
+class ConfigError(DogoError, ValueError):
+    """A config key, type or value is wrong; the message names the key."""
+
+
+class DataError(DogoError, FileNotFoundError):
+    """A dataset is missing or malformed; the message says where we looked and how to get it."""
+
+
+class CheckpointError(DogoError, RuntimeError):
+    """A checkpoint or run folder is missing, corrupt or does not match the config."""
+
+
+class NonFiniteLossError(DogoError, FloatingPointError):
+    """A loss became NaN or infinite; the message names the peer and the term."""

@@ -1,0 +1,193 @@
+"""Backbones, projection heads, and one model class that pairs a backbone with an SSL objective.
+
+Every backbone returns a pooled feature vector (the representation that is evaluated) and has a
+``feature_dim`` attribute. Below 100 px the ResNets use the "CIFAR stem" (3x3 stride-1 first conv,
+no max-pool); without it SimCLR on 32 px images loses more than 10 points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from .config import PeerConfig
+from .errors import ConfigError
+from .losses import nt_xent, simsiam_loss
+
+CIFAR_STEM_BELOW = 100  # px
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (widths w, 2w, 4w) and global average pooling: fast CPU work on small images.
+
+    Input (N, C, H, W) with H, W >= 8; output (N, 4w).
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+            layers: list[nn.Module] = [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+            return layers + ([nn.MaxPool2d(2)] if pool else [])
+
+        self.features = nn.Sequential(
+            *block(in_channels, width, pool=True),
+            *block(width, 2 * width, pool=True),
+            *block(2 * width, 4 * width, pool=False),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.feature_dim = 4 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet whose output is the pooled vector before ``fc`` (512 or 2048 values)."""
+
+    def __init__(self, depth: int, in_channels: int = 3, image_size: int = 32):
+        super().__init__()
+        constructors = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
+        if depth not in constructors:
+            raise ConfigError(f"backbone: resnet{depth} is not available; choose resnet18, resnet34 or resnet50")
+        net = constructors[depth](weights=None)
+        if image_size < CIFAR_STEM_BELOW:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()  # the feature is the pooled vector, never a random fc's output
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_backbone(name: str, in_channels: int, image_size: int, width: int = 32) -> nn.Module:
+    if name == "cnn":
+        return SmallCNN(in_channels, width)
+    if name.startswith("resnet") and name[6:].isdigit():
+        if image_size < 16:
+            raise ConfigError(f"data.image_size: {name} needs at least 16 px, got {image_size}")
+        return ResNetBackbone(int(name[6:]), in_channels, image_size)
+    raise ConfigError(f"backbone: unknown backbone {name!r}; choose cnn, resnet18, resnet34 or resnet50")
+
+
+def simclr_projector(in_dim: int, hidden_dim: int = 512, out_dim: int = 128) -> nn.Sequential:
+    """Linear-BN-ReLU-Linear, as in SimCLR."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim, bias=False),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+def simsiam_projector(in_dim: int, dim: int = 2048) -> nn.Sequential:
+    """Three Linear-BN layers (ReLU between), the last BN without ReLU, as in SimSiam."""
+    return nn.Sequential(
+        nn.Linear(in_dim, dim, bias=False),
+        nn.BatchNorm1d(dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(dim, dim, bias=False),
+        nn.BatchNorm1d(dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(dim, dim, bias=False),
+        nn.BatchNorm1d(dim),
+    )
+
+
+def simsiam_predictor(dim: int = 2048, hidden_dim: int = 512) -> nn.Sequential:
+    """The bottleneck predictor dim -> hidden -> dim."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden_dim, bias=False),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, dim),
+    )
+
+
+@dataclass
+class ViewOutputs:
+    """What one model computes for two views of the same batch: features h, projections z, predictions p."""
+
+    h1: torch.Tensor
+    h2: torch.Tensor
+    z1: torch.Tensor
+    z2: torch.Tensor
+    p1: torch.Tensor | None = None
+    p2: torch.Tensor | None = None
+
+
+class SSLModel(nn.Module):
+    """A backbone with the heads of one self-supervised objective (``simclr`` or ``simsiam``)."""
+
+    def __init__(self, backbone: nn.Module, objective: str = "simclr", temperature: float = 0.5,
+                 projection_dim: int = 128, hidden_dim: int = 512, predictor_hidden_dim: int = 512):
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective
+        self.temperature = temperature
+        if objective == "simclr":
+            self.projector = simclr_projector(backbone.feature_dim, hidden_dim, projection_dim)
+            self.predictor = None
+        elif objective == "simsiam":
+            self.projector = simsiam_projector(backbone.feature_dim, projection_dim)
+            self.predictor = simsiam_predictor(projection_dim, predictor_hidden_dim)
+        else:
+            raise ConfigError(f"objective: unknown objective {objective!r}; choose simclr or simsiam")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> ViewOutputs:
+        # Both views in one backbone pass: one kernel launch per layer instead of two.
+        batch = x1.shape[0]
+        h = self.backbone(torch.cat([x1, x2]))
+        z = self.projector(h)
+        p = self.predictor(z) if self.predictor is not None else None
+        return ViewOutputs(
+            h[:batch], h[batch:], z[:batch], z[batch:],
+            None if p is None else p[:batch], None if p is None else p[batch:],
+        )
+
+    def ssl_loss(self, out: ViewOutputs) -> torch.Tensor:
+        if self.objective == "simclr":
+            return nt_xent(out.z1.float(), out.z2.float(), self.temperature)
+        return simsiam_loss(out.p1.float(), out.p2.float(), out.z1.float(), out.z2.float())
+
+    def distill_views(self) -> str:
+        """Which head output this model distils with: the projection (SimCLR) or prediction (SimSiam)."""
+        return "z" if self.objective == "simclr" else "p"
+
+
+def distill_pair(own: SSLModel, own_out: ViewOutputs, peer: SSLModel, peer_out: ViewOutputs):
+    """The (own1, own2, peer1, peer2) tensors that ``similarity_distill`` compares for ``own``.
+
+    SimCLR distils its projection, SimSiam its prediction. When both peers are SimSiam, the own
+    prediction is matched against the peer's projection (as SimSiam itself matches p against z).
+    """
+    own_key = own.distill_views()
+    peer_key = "z" if (own.objective == "simsiam" and peer.objective == "simsiam") else peer.distill_views()
+    return (
+        getattr(own_out, own_key + "1").float(), getattr(own_out, own_key + "2").float(),
+        getattr(peer_out, peer_key + "1").float(), getattr(peer_out, peer_key + "2").float(),
+    )
+
+
+def build_model(peer: PeerConfig, in_channels: int, image_size: int) -> SSLModel:
+    """The model one peer config describes, for images with ``in_channels`` channels of ``image_size`` px."""
+    backbone = build_backbone(peer.backbone, in_channels, image_size, peer.width)
+    projection_dim = peer.projection_dim or (128 if peer.objective == "simclr" else 2048)
+    return SSLModel(backbone, peer.objective, peer.temperature, projection_dim,
+                    peer.hidden_dim, peer.predictor_hidden_dim)
