@@ -37,15 +37,18 @@ def luminance(x: Tensor) -> Tensor:
     return (x * w).sum(dim=1, keepdim=True)
 
 
-def random_resized_crop_flip(x: Tensor, size: int, scale: tuple[float, float], flip: bool,
-                             generator: torch.Generator, ratio=(3 / 4, 4 / 3), tries: int = 10) -> Tensor:
-    """Crop a random area fraction in ``scale`` with aspect ratio in ``ratio``, resize to size x size,
-    and flip half of the images horizontally: one affine ``grid_sample`` for the whole batch.
+def sample_crop_boxes(n: int, scale: tuple[float, float], generator: torch.Generator, device=None,
+                      ratio=(3 / 4, 4 / 3), tries: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Draw one crop box per image: width and height as fractions of the image side, and the centre.
 
-    Like torchvision, up to ``tries`` candidate boxes are drawn per image and the first that fits is
-    used; images with no fitting candidate get the whole image.
+    The area fraction w * h is uniform in ``scale`` and the aspect ratio w / h log-uniform in
+    ``ratio``. Like torchvision, up to ``tries`` candidates are drawn per image and the first with
+    w, h <= 1 is used; an image with no fitting candidate gets the whole image (w = h = 1).
+
+    Returns:
+        w, h: (n,) in (0, 1]; cx, cy: (n,) box centres in normalised [-1, 1] coordinates, with
+        |cx| <= 1 - w and |cy| <= 1 - h so that the box lies inside the image.
     """
-    n, device = x.shape[0], x.device
     area = _uniform(n * tries, *scale, generator, device).view(n, tries)
     log_ratio = _uniform(n * tries, math.log(ratio[0]), math.log(ratio[1]), generator, device).view(n, tries)
     aspect = log_ratio.exp()
@@ -58,6 +61,16 @@ def random_resized_crop_flip(x: Tensor, size: int, scale: tuple[float, float], f
     # Box centres in normalised [-1, 1] coordinates, the box inside the image.
     cx = (1 - w) * (2 * torch.rand(n, generator=generator, device=device) - 1)
     cy = (1 - h) * (2 * torch.rand(n, generator=generator, device=device) - 1)
+    return w, h, cx, cy
+
+
+def random_resized_crop_flip(x: Tensor, size: int, scale: tuple[float, float], flip: bool,
+                             generator: torch.Generator, ratio=(3 / 4, 4 / 3), tries: int = 10) -> Tensor:
+    """Crop a random box (see ``sample_crop_boxes``), resize it to size x size, and flip half of the
+    images horizontally: one affine ``grid_sample`` for the whole batch.
+    """
+    n, device = x.shape[0], x.device
+    w, h, cx, cy = sample_crop_boxes(n, scale, generator, device, ratio, tries)
     sign = torch.ones(n, device=device)
     if flip:
         sign = torch.where(_bernoulli(n, 0.5, generator, device), -sign, sign)
@@ -88,10 +101,12 @@ def _rotate_hue(x: Tensor, turns: Tensor) -> Tensor:
 def color_jitter(x: Tensor, strength: float, prob: float, generator: torch.Generator) -> Tensor:
     """SimCLR colour distortion: brightness, contrast, saturation 0.8*s, hue 0.2*s, applied with ``prob``.
 
-    Grayscale images (1 channel) get brightness and contrast only.
+    Grayscale images (1 channel) get brightness and contrast only. Images not drawn for jitter are
+    returned bit-exact (the identity factors would still add float rounding in the hue rotation).
     """
     n, device = x.shape[0], x.device
     apply = _bernoulli(n, prob, generator, device)
+    original = x
 
     def factor(amount: float) -> Tensor:
         f = _uniform(n, max(0.0, 1 - amount), 1 + amount, generator, device)
@@ -106,7 +121,7 @@ def color_jitter(x: Tensor, strength: float, prob: float, generator: torch.Gener
         turns = _uniform(n, -0.2 * strength, 0.2 * strength, generator, device)
         turns = torch.where(apply, turns, torch.zeros_like(turns)).to(x.dtype)
         x = _rotate_hue(x, turns).clamp(0, 1)
-    return x
+    return torch.where(apply.view(n, 1, 1, 1), x, original)
 
 
 def random_grayscale(x: Tensor, prob: float, generator: torch.Generator) -> Tensor:

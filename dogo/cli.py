@@ -33,7 +33,10 @@ def _train(args: argparse.Namespace) -> int:
         result = train(args.config_file, run_dir=args.run_dir, overrides=args.overrides, **kwargs)
     if result.get("interrupted"):
         return 130
-    _print_summary(result)
+    from .distributed import rank
+
+    if rank() == 0:  # under torchrun every process returns the same result; print it once
+        _print_summary(result)
     return 0
 
 

@@ -255,6 +255,9 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+_ABSENT = object()
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (``peers.0.width=64`` for list items) to plain config data."""
     data = yaml.safe_load(yaml.safe_dump(data)) or {}  # deep copy
@@ -263,6 +266,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=5")
         path, text = item.split("=", 1)
         parts = path.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=5")
         node: Any = data
         for i, part in enumerate(parts[:-1]):
             where = ".".join(parts[: i + 1])
@@ -270,16 +275,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(f"{where}: no list item {part!r} (there are {len(node)})")
                 node = node[int(part)]
-            else:
+            elif isinstance(node, dict):
                 if part not in node or node[part] is None:
-                    default = Config().to_dict()
-                    sub = default
+                    sub: Any = Config().to_dict()
                     for p in parts[: i + 1]:
-                        sub = sub.get(p) if isinstance(sub, dict) else None
-                    if not isinstance(sub, (dict, list)):
-                        raise ConfigError(f"{where}: unknown key")
-                    node[part] = sub
+                        sub = sub.get(p, _ABSENT) if isinstance(sub, dict) else _ABSENT
+                    # An unknown section is kept (empty) so that validation names it with a suggestion.
+                    node[part] = sub if isinstance(sub, (dict, list)) else {} if sub is _ABSENT else sub
                 node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"{where}: is a single setting, not a section (write {where}=VALUE)")
         last = parts[-1]
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):

@@ -25,7 +25,7 @@ DEBIAN_DATASETS = Path("/usr/share/datasets")
 # Per-dataset channel statistics (of the training split) for normalisation.
 STATS = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
-    "digits": ((0.3054,), (0.3831,)),
+    "digits": ((0.3050,), (0.3756,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar10_imbalanced": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -305,6 +305,8 @@ def load_stl10(split: str = "train", root=None, download: bool = False) -> Image
         x = _read_stl_images(xfile)
         if part == "unlabeled":
             y = torch.full((len(x),), -1, dtype=torch.long)
+        elif not (folder / f"{part}_y.bin").is_file():
+            raise DataError(f"STL-10 in {folder} is incomplete: missing {part}_y.bin")
         else:
             y = torch.from_numpy(np.fromfile(folder / f"{part}_y.bin", dtype=np.uint8).astype(np.int64) - 1)
         xs.append(x)
@@ -352,18 +354,30 @@ def load_tiny_imagenet(split: str = "train", root=None, download: bool = False) 
         if split == "train":
             for w in wnids:
                 files = sorted((folder / "train" / w / "images").glob("*.JPEG"))
+                if not files:
+                    raise DataError(f"Tiny-ImageNet in {folder} is incomplete: no train/{w}/images/*.JPEG")
                 paths += files
                 labels += [index[w]] * len(files)
         else:
-            for line in (folder / "val" / "val_annotations.txt").read_text().splitlines():
+            annotations = folder / "val" / "val_annotations.txt"
+            if not annotations.is_file():
+                raise DataError(f"Tiny-ImageNet in {folder} is incomplete: missing val/val_annotations.txt")
+            for line in annotations.read_text().splitlines():
                 fields = line.split("\t")
                 if len(fields) >= 2:
+                    if fields[1] not in index:
+                        raise DataError(f"{annotations}: class {fields[1]!r} of {fields[0]} is not in wnids.txt")
+                    if not (folder / "val" / "images" / fields[0]).is_file():
+                        raise DataError(f"Tiny-ImageNet in {folder} is incomplete: missing val/images/{fields[0]}")
                     paths.append(folder / "val" / "images" / fields[0])
                     labels.append(index[fields[1]])
         if not paths:
             raise DataError(f"Tiny-ImageNet in {folder}: no images found for split {split!r}")
         x, y = _read_images(paths), torch.tensor(labels, dtype=torch.long)
-        torch.save((x, y), cache)
+        try:
+            torch.save((x, y), cache)
+        except OSError:  # a read-only dataset folder: decode again next time
+            pass
     mean, std = STATS["tiny_imagenet"]
     return ImageDataset("tiny_imagenet", x, y, tuple(wnids), mean, std, split, {"source": str(folder)})
 

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -52,20 +54,50 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (any picklable value) on every process, e.g. a run folder name chosen from the clock."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cleanup() -> None:
+    """Leave the process group (call once at the end of a torchrun job)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def shard(images: torch.Tensor) -> torch.Tensor:
     """This process's share of the training images (every N-th, starting at its rank)."""
     return images[rank()::world_size()] if is_distributed() else images
 
 
 def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
+    """DistributedDataParallel around ``model``; with ``sync_batchnorm`` the BatchNorm layers of
+    ``model`` are replaced in place by SyncBatchNorm (same parameters and buffers, so optimizers
+    built before keep working). Without it, each process normalises with its own batch statistics.
+    """
     if sync_batchnorm:
+        if device.type != "cuda":
+            # PyTorch's DDP refuses SyncBatchNorm on CPU modules; say so in config terms.
+            raise ConfigError("train.sync_batchnorm: SyncBatchNorm needs CUDA devices; set it to false "
+                              f"for {device.type} training")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0; the backward keeps the gradient of this process's own rows."""
+    """All-gather along dim 0; the backward keeps the gradient of this process's own rows.
+
+    Forward: N processes each hold x_r (b, d); every process gets X = [x_0; ...; x_{N-1}] (N b, d).
+    Backward: every process evaluated the same loss L(X), so dL/dx_r is rows r b .. (r+1) b of its
+    own dL/dX; each process returns exactly that. Parameter gradients are then
+    sum_r dL/dx_r * dx_r/dtheta = dL/dtheta after DDP's average times N (the engine's loss * N).
+    All processes must pass the same shape (drop_last guarantees equal local batches).
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -82,6 +114,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """(b, ...) on each of N processes -> (N b, ...) in rank order, with a gradient path to every rank."""
     if not is_distributed():
         return x
     return _GatherWithGrad.apply(x)
@@ -95,6 +128,7 @@ def gather_outputs(out):
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a (detached) tensor over processes, for logging."""
     if not is_distributed():
         return value
     value = value.detach().clone()

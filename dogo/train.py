@@ -325,6 +325,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
     def save(self) -> Path:
+        """Write the checkpoint atomically; never over a good one with non-finite losses since."""
+        self._check_finite()
         path = self.run_dir / CHECKPOINT
         if self.is_main:
             save_checkpoint(self.state_dict(), path)

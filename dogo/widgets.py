@@ -1,0 +1,193 @@
+"""The distillation explorer: sliders for the distillation temperature and the loss weight that
+redraw the two peers' similarity distributions, the KL term and the weighted total live.
+
+The logic is plain functions on tensors (:func:`similarity_distribution`, :func:`distill_state`,
+:func:`readout_text`), testable without a browser or a kernel; :class:`DistillExplorer` only wires
+them to ipywidgets and draws with :class:`dogo.viz.DistillFigure`.
+
+For B images the student's (own) and the peer's distributions over the other view are::
+
+    P[i, j] = softmax_j( cos(own1_i,  own2_j)  / tau )      (B x B, each row sums to 1)
+    Q[i, j] = softmax_j( cos(peer1_i, peer2_j) / tau )
+
+and the student's loss is ``ssl + w * KL(Q || P)``, with the KL exactly
+:func:`dogo.losses.similarity_distill` (the peer detached).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .losses import nt_xent, similarity_distill, similarity_log_distribution
+
+TEMPERATURE_RANGE = (0.02, 2.0)  # distillation temperature slider, log scale
+WEIGHT_RANGE = (0.0, 5.0)        # loss weight slider
+
+
+def similarity_distribution(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-softmax of the cross-view cosine similarities, ``softmax_j(cos(a_i, b_j) / temperature)``, (B, B).
+
+    The same numbers the distillation loss uses (``exp`` of ``similarity_log_distribution``).
+    """
+    return similarity_log_distribution(a, b, temperature).exp()
+
+
+@dataclass(frozen=True)
+class DistillState:
+    """Everything one redraw of the explorer shows.
+
+    Attributes:
+        P, Q: the student's and the peer's distributions, float64 arrays (B, B), rows sum to 1.
+        row_kl: KL(Q[i] || P[i]) for every row i, (B,).
+        kl: ``similarity_distill(own1, own2, peer1, peer2, temperature, reduction)`` as a float.
+        weighted_kl: ``weight * kl``.
+        total: ``ssl + weight * kl``, the student's loss.
+    """
+
+    temperature: float
+    weight: float
+    row: int
+    reduction: str
+    P: np.ndarray
+    Q: np.ndarray
+    row_kl: np.ndarray
+    kl: float
+    ssl: float
+    weighted_kl: float
+    total: float
+
+
+def distill_state(own1: torch.Tensor, own2: torch.Tensor, peer1: torch.Tensor, peer2: torch.Tensor,
+                  temperature: float, weight: float, ssl: float, row: int = 0,
+                  reduction: str = "batchmean") -> DistillState:
+    """Compute P, Q, the KL term and the student's weighted total at one temperature and weight.
+
+    Args:
+        own1, own2: the student's head outputs for its two views, (B, d).
+        peer1, peer2: the peer's head outputs for its own two views of the same images, (B, d').
+        temperature: distillation temperature tau > 0.
+        weight: the loss weight w >= 0 of the KL term.
+        ssl: the student's own SSL loss (a number; it does not depend on tau or w).
+        row: which row i to single out for the row plot, 0 <= row < B.
+        reduction: as in ``similarity_distill``.
+    """
+    if weight < 0:
+        raise ValueError(f"weight must be >= 0, got {weight}")
+    batch = own1.shape[0]
+    if not 0 <= row < batch:
+        raise ValueError(f"row must be in [0, {batch}), got {row}")
+    with torch.no_grad():
+        kl = float(similarity_distill(own1, own2, peer1, peer2, temperature=temperature, reduction=reduction))
+        log_p = similarity_log_distribution(own1, own2, temperature).double()
+        log_q = similarity_log_distribution(peer1, peer2, temperature).double()
+        row_kl = (log_q.exp() * (log_q - log_p)).sum(dim=1)
+    weight, ssl = float(weight), float(ssl)
+    return DistillState(
+        temperature=float(temperature), weight=weight, row=int(row), reduction=reduction,
+        P=log_p.exp().cpu().numpy(), Q=log_q.exp().cpu().numpy(), row_kl=row_kl.cpu().numpy(),
+        kl=kl, ssl=ssl, weighted_kl=weight * kl, total=ssl + weight * kl,
+    )
+
+
+def readout_text(state: DistillState) -> str:
+    """The one-line readout, e.g. ``τ = 0.100 | KL(Q‖P) = 0.1234 | w·KL = 0.1234 | SSL = 4.5678 | total = 4.6912``."""
+    return (f"τ = {state.temperature:.3f} | KL(Q‖P) = {state.kl:.4f} | w·KL = {state.weighted_kl:.4f} | "
+            f"SSL = {state.ssl:.4f} | total = {state.total:.4f}")
+
+
+def readout_html(state: DistillState) -> str:
+    """:func:`readout_text` as the HTML the readout widget shows."""
+    return f'<span style="font-family: monospace">{html.escape(readout_text(state))}</span>'
+
+
+class DistillExplorer:
+    """Interactive view of the distillation term for one batch of head outputs.
+
+    Sliders: ``temperature`` (log scale, 0.02 to 2), ``weight`` (0 to 5) and ``row`` (the row shown
+    as a curve). Every change calls :meth:`update`, which recomputes :attr:`state` with
+    :func:`distill_state`, rewrites :attr:`readout` and redraws :attr:`image` (a PNG of the figure,
+    so the same code works in JupyterLab, under papermill and in plain Python).
+
+    >>> explorer = DistillExplorer(z1_small, z2_small, z1_large, z2_large)   # doctest: +SKIP
+    >>> explorer                                   # in a notebook: shows sliders, readout and plot
+    >>> explorer.temperature.value = 0.5           # same effect as moving the slider
+    >>> explorer.state.kl                          # == similarity_distill(..., temperature=0.5)
+    """
+
+    def __init__(self, own1: torch.Tensor, own2: torch.Tensor, peer1: torch.Tensor, peer2: torch.Tensor,
+                 ssl: float | None = None, ssl_temperature: float = 0.5, temperature: float = 0.1,
+                 weight: float = 1.0, row: int = 0, reduction: str = "batchmean", own_name: str = "student",
+                 peer_name: str = "peer", dpi: int = 72):
+        import ipywidgets as widgets
+        from matplotlib.figure import Figure
+
+        from .viz import DistillFigure
+
+        # The explorer only looks: it holds detached copies and never builds a graph.
+        self.own1, self.own2 = own1.detach(), own2.detach()
+        self.peer1, self.peer2 = peer1.detach(), peer2.detach()
+        if ssl is None:
+            ssl = float(nt_xent(self.own1, self.own2, ssl_temperature))
+        self.ssl = float(ssl)
+        self.reduction = reduction
+        self.own_name, self.peer_name = own_name, peer_name
+        self.dpi = dpi
+        batch = self.own1.shape[0]
+
+        low, high = TEMPERATURE_RANGE
+        self.temperature = widgets.FloatLogSlider(
+            value=temperature, base=10, min=math.log10(low), max=math.log10(high), step=0.01,
+            description="τ (distill)", readout_format=".3f", continuous_update=True,
+            style={"description_width": "initial"})
+        self.weight = widgets.FloatSlider(
+            value=weight, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05, description="weight w",
+            readout_format=".2f", continuous_update=True, style={"description_width": "initial"})
+        self.row = widgets.IntSlider(value=row, min=0, max=batch - 1, description="row i",
+                                     continuous_update=True, style={"description_width": "initial"})
+        self.readout = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        # Stable class names, so a browser test can find the parts.
+        self.temperature.add_class("dogo-temperature")
+        self.weight.add_class("dogo-weight")
+        self.row.add_class("dogo-row")
+        self.readout.add_class("dogo-distill-readout")
+        self.image.add_class("dogo-distill-plot")
+        # A figure not registered with pyplot: Jupyter never shows it on its own, only as the image.
+        self.drawing = DistillFigure(Figure(figsize=(13, 3.3)), own_name, peer_name)
+        self.redraws = 0
+        self.state: DistillState | None = None
+        for slider in (self.temperature, self.weight, self.row):
+            slider.observe(self._on_change, names="value")
+        self.widget = widgets.VBox([
+            widgets.HBox([self.temperature, self.weight, self.row]),
+            self.readout,
+            self.image,
+        ])
+        self.update()
+
+    def _on_change(self, change) -> None:
+        self.update()
+
+    def compute(self) -> DistillState:
+        """The state for the sliders' current values (pure: draws nothing)."""
+        return distill_state(self.own1, self.own2, self.peer1, self.peer2, self.temperature.value,
+                             self.weight.value, self.ssl, self.row.value, self.reduction)
+
+    def update(self) -> DistillState:
+        """Recompute the state, rewrite the readout and redraw the figure; returns the new state."""
+        from .viz import figure_png
+
+        self.state = self.compute()
+        self.readout.value = readout_html(self.state)
+        self.drawing.draw(self.state)
+        self.image.value = figure_png(self.drawing.fig, dpi=self.dpi)
+        self.redraws += 1
+        return self.state
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)

@@ -1,0 +1,46 @@
+"""Small shared pieces for the tests: tiny configs that train in seconds on Fashion-MNIST."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_overrides(run_root: Path | str, **extra) -> list[str]:
+    """Two tiny CNN peers on 1,024 Fashion-MNIST images: a DoGo run of a few seconds."""
+    values = {
+        "name": "tiny",
+        "output_dir": str(run_root),
+        "data.limit": 1024,
+        "data.eval_limit": 500,
+        "train.epochs": 2,
+        "train.batch_size": 128,
+        "train.progress": "false",
+        "train.knn_every": 1,
+        "train.knn_k": 20,
+        "train.lr": 0.001,
+        "peers": "[{name: small, width: 4}, {name: large, width: 8}]",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,
+            **popen) -> subprocess.CompletedProcess:
+    """Run ``python -m dogo ARGS`` in a fresh process."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "dogo", *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env=full_env, **popen)
+
+
+def comparable(records: list[dict]) -> list[dict]:
+    """Metrics records without wall-clock fields, for run-to-run comparison."""
+    out = []
+    for r in records:
+        r = {k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")}
+        out.append(r)
+    return out

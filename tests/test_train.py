@@ -1,0 +1,129 @@
+"""The training engine: run folder contents, the DoGo step, schedules, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from dogo.config import load_config
+from dogo.data import ImageDataset
+from dogo.runlog import load_checkpoint, read_metrics
+from dogo.train import Trainer, lr_factor, resolve_device, train
+
+from .helpers import comparable, tiny_overrides
+
+
+def synthetic(n: int = 256, channels: int = 1, size: int = 16, seed: int = 0) -> ImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 4
+    return ImageDataset("synthetic", images, labels, tuple("abcd"), (0.5,) * channels, (0.25,) * channels)
+
+
+def test_dogo_run_writes_a_complete_run_folder(tmp_path):
+    result = train(None, overrides=tiny_overrides(tmp_path))
+    run = tmp_path / result["run_dir"].split("/")[-1]
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "environment.json", "metrics.jsonl", "checkpoints"}
+    records = read_metrics(run)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r["peers"]) == {"small", "large"}
+        for m in r["peers"].values():
+            assert m["distill_loss"] > 0
+            assert m["total_loss"] == pytest.approx(m["ssl_loss"] + m["distill_loss"], rel=1e-5)
+            assert 10.0 < m["knn_top1"] <= 100.0  # beats chance (10 classes)
+        assert r["images_per_s"] > 0
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and "git_commit" in env
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["limit"] == 1024 and len(saved["peers"]) == 2
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and state["finished"] is True
+    assert set(state["peers"]) == {"small", "large"}
+    assert {"python", "numpy", "torch", "generator", "order_generator"} <= set(state["rng"])
+
+
+def test_single_peer_is_the_baseline_without_distillation(tmp_path):
+    result = train(None, overrides=tiny_overrides(tmp_path, peers="[{name: solo, width: 4}]", **{"train.epochs": 1}))
+    m = result["peers"]["solo"]
+    assert m["distill_loss"] == 0.0
+    assert m["total_loss"] == m["ssl_loss"]
+
+
+def test_each_peer_gets_only_the_gradient_of_its_own_loss(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"train.knn_every": 0}))
+    trainer = Trainer(cfg, tmp_path / "run", train_data=synthetic(channels=1, size=28))
+    small, large = trainer.peers
+    losses = trainer.compute_losses(trainer.images[:16])
+    # The small model's loss (its SSL term + KL towards the detached large peer) reaches no
+    # parameter of the large model, and vice versa.
+    for own, other, loss in ((small, large, losses[0]), (large, small, losses[1])):
+        grads = torch.autograd.grad(loss["total"], list(other.model.parameters()), allow_unused=True,
+                                    retain_graph=True)
+        assert all(g is None for g in grads)
+        grads = torch.autograd.grad(loss["total"], list(own.model.parameters()), allow_unused=True,
+                                    retain_graph=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_step_updates_all_peers_from_the_same_snapshot(tmp_path):
+    """One train_step equals: compute each peer's loss on the pre-step weights, then step each."""
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"train.knn_every": 0}))
+    data = synthetic(channels=1, size=28)
+    a = Trainer(cfg, tmp_path / "a", train_data=data)
+    b = Trainer(cfg, tmp_path / "b", train_data=data)
+    images = a.images[:32]
+    a.train_step(images)
+    # Manual reference on b: same RNG, gradients of each peer's own loss, then the steps.
+    losses = b.compute_losses(images)
+    grads = [torch.autograd.grad(loss["total"], list(p.model.parameters()), retain_graph=True)
+             for p, loss in zip(b.peers, losses)]
+    for p, gs in zip(b.peers, grads):
+        for param, g in zip(p.model.parameters(), gs):
+            param.grad = g
+        p.optimizer.step()
+    for pa, pb in zip(a.peers, b.peers):
+        for x, y in zip(pa.model.parameters(), pb.model.parameters()):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_template_config_builds_the_authors_pairing(tmp_path):
+    cfg = load_config("configs/template.yaml", ["train.knn_every=0", "train.batch_size=4", f"output_dir={tmp_path}"])
+    assert [(p.backbone, p.objective) for p in cfg.peers] == [("resnet18", "simclr"), ("resnet18", "simsiam")]
+    assert [p.distill_weight for p in cfg.peers] == [100.0, 1.0]
+    assert cfg.distill.reduction == "mean" and cfg.distill.temperature == 0.1 and cfg.train.lr == 3e-4
+    trainer = Trainer(cfg, tmp_path / "run", train_data=synthetic(n=8, channels=3, size=32))
+    losses = trainer.train_step(trainer.images[:4])
+    assert all(torch.isfinite(loss["total"]) for loss in losses)
+    assert trainer.peers[1].model.predictor[-1].out_features == 2048
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_learning_rate_schedule(schedule):
+    total, warmup = 100, 10
+    factors = [lr_factor(s, total, warmup, schedule, 0.1) for s in range(total + 1)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[:10] == sorted(factors[:10])
+    if schedule == "constant":
+        assert all(f == 1.0 for f in factors[10:])  # the authors' effective schedule
+    else:
+        assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1)
+        assert factors[10:] == sorted(factors[10:], reverse=True)
+
+
+def test_device_auto_detection_falls_back_to_cpu():
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_metrics(tmp_path):
+    first = train(None, overrides=tiny_overrides(tmp_path / "a"))
+    second = train(None, overrides=tiny_overrides(tmp_path / "b"))
+    assert comparable(read_metrics(first["run_dir"])) == comparable(read_metrics(second["run_dir"]))
+    other = train(None, overrides=tiny_overrides(tmp_path / "c", seed=1))
+    assert comparable(read_metrics(other["run_dir"])) != comparable(read_metrics(first["run_dir"]))
