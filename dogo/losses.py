@@ -127,7 +127,9 @@ def similarity_distill(
     log_p = similarity_log_distribution(own1, own2, temperature)
     with torch.no_grad():
         log_q = similarity_log_distribution(peer1.detach(), peer2.detach(), temperature).to(log_p.dtype)
-    total = (log_q.exp() * (log_q - log_p)).sum()
+    # Summed in float64: the float32 result of a vectorised sum can change in its last bit with
+    # memory alignment, which would make logged values differ between identical runs.
+    total = (log_q.exp() * (log_q - log_p)).sum(dtype=torch.float64).to(log_p.dtype)
     batch = own1.shape[0]
     if reduction == "batchmean":
         return total / batch

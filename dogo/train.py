@@ -385,7 +385,7 @@ class Trainer:
         t = self.cfg.train
         record = None
         while self.epoch < t.epochs:
-            if self.step_in_epoch == 0:
+            if self.perm is None:  # a new epoch (a checkpoint taken mid-epoch keeps its order)
                 self.perm = torch.randperm(len(self.images), generator=self.order_generator)
                 self.accum = {p.name: {term: torch.zeros((), device=self.device) for term in TERMS}
                               for p in self.peers}
@@ -426,6 +426,7 @@ class Trainer:
             record = self._epoch_record()
             self.epoch += 1
             self.step_in_epoch = 0
+            self.perm = None
             if self.is_main:
                 self.metrics.write(record)
             if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:

@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from dogo.runlog import CHECKPOINT, load_checkpoint, read_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -44,3 +49,21 @@ def comparable(records: list[dict]) -> list[dict]:
         r = {k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")}
         out.append(r)
     return out
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """The final weights are bit-identical; logged values agree to float32 rounding.
+
+    The logged loss sums can differ in the last bit between processes because PyTorch's vectorised
+    CPU reductions depend on memory alignment; the training trajectory itself does not.
+    """
+    final, expected = load_checkpoint(run / CHECKPOINT), load_checkpoint(reference / CHECKPOINT)
+    for name, peer in expected["peers"].items():
+        for key, tensor in peer["model"].items():
+            assert torch.equal(final["peers"][name]["model"][key], tensor), f"{name}.{key} differs"
+    got, want = comparable(read_metrics(run)), comparable(read_metrics(reference))
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for g, w in zip(got, want):
+        assert g["step"] == w["step"]
+        for name in w["peers"]:
+            assert g["peers"][name] == pytest.approx(w["peers"][name], rel=1e-5, abs=1e-6)

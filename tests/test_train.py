@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from dogo.data import ImageDataset
 from dogo.runlog import load_checkpoint, read_metrics
 from dogo.train import Trainer, lr_factor, resolve_device, train
 
-from .helpers import comparable, tiny_overrides
+from .helpers import assert_same_run, comparable, tiny_overrides
 
 
 def synthetic(n: int = 256, channels: int = 1, size: int = 16, seed: int = 0) -> ImageDataset:
@@ -124,6 +125,6 @@ def test_device_auto_detection_falls_back_to_cpu():
 def test_same_seed_gives_identical_metrics(tmp_path):
     first = train(None, overrides=tiny_overrides(tmp_path / "a"))
     second = train(None, overrides=tiny_overrides(tmp_path / "b"))
-    assert comparable(read_metrics(first["run_dir"])) == comparable(read_metrics(second["run_dir"]))
+    assert_same_run(Path(second["run_dir"]), Path(first["run_dir"]))
     other = train(None, overrides=tiny_overrides(tmp_path / "c", seed=1))
     assert comparable(read_metrics(other["run_dir"])) != comparable(read_metrics(first["run_dir"]))
