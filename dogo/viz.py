@@ -156,8 +156,7 @@ def plot_similarity_matrix(sim: Any, ax: Axes | None = None, title: str | None =
         fig = _new_figure((4.2, 3.6))
         ax = fig.subplots()
     fig = ax.figure
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("0.75")
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="0.75")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
     n, m = values.shape
     if positives == "diagonal":
@@ -176,6 +175,8 @@ def plot_similarity_matrix(sim: Any, ax: Axes | None = None, title: str | None =
         raise ValueError(f"positives must be 'diagonal', 'two_view' or None, got {positives!r}")
     ax.set_xlabel("j")
     ax.set_ylabel("i")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     if title:
         ax.set_title(title, fontsize=10)
     if colorbar:
@@ -203,7 +204,7 @@ class DistillFigure:
         self.ax_q = self.fig.add_axes((0.035, 0.17, 0.17, 0.70))
         self.ax_p = self.fig.add_axes((0.235, 0.17, 0.17, 0.70))
         self.ax_bar = self.fig.add_axes((0.41, 0.17, 0.008, 0.70))
-        self.ax_row = self.fig.add_axes((0.495, 0.17, 0.25, 0.70))
+        self.ax_row = self.fig.add_axes((0.51, 0.17, 0.235, 0.70))
         self.ax_loss = self.fig.add_axes((0.85, 0.17, 0.13, 0.70))
         self._batch: int | None = None
 
@@ -219,7 +220,7 @@ class DistillFigure:
             ax.scatter(idx, idx, s=max(4, 1600 / batch), marker="s", facecolors="none", edgecolors="white",
                        linewidths=0.8)
             self.row_lines.append(ax.axhline(state.row, color="white", linewidth=0.7, linestyle=":"))
-            ax.set_title(f"{name}: {letter} = softmax(S/τ)", fontsize=10)
+            ax.set_title(f"{name}: {letter}", fontsize=10)
             ax.set_xlabel("j (view 2)")
             ax.set_ylabel("i (view 1)" if letter == "Q" else "")
             ax.xaxis.get_major_locator().set_params(integer=True)
@@ -351,7 +352,11 @@ def plot_training_curves(source: str | Path | Iterable[dict], metrics: Sequence[
         sns.lineplot(data=part, x="epoch", y="value", hue="peer", palette=palette, marker="o", ax=ax)
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=10)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epochs = sorted(part.epoch.unique())
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.get_legend() is not None and len(part.peer.unique()) < 2:
             ax.get_legend().remove()
     if title:

@@ -139,6 +139,8 @@ class DistillExplorer:
         self.dpi = dpi
         batch = self.own1.shape[0]
 
+        # continuous_update: redraw while dragging. The ipywidgets front end keeps at most one update
+        # in flight and merges the rest, so a slow redraw never builds up a backlog of old values.
         low, high = TEMPERATURE_RANGE
         self.temperature = widgets.FloatLogSlider(
             value=temperature, base=10, min=math.log10(low), max=math.log10(high), step=0.01,
