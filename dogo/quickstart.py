@@ -34,7 +34,7 @@ def baseline_of(cfg: Config) -> Config:
 
 
 def _probe(train_x, train_y, test_x, test_y, num_classes: int, k: int, t: float, seed: int) -> dict[str, float]:
-    from .evaluate import linear_probe
+    from .probes import linear_probe
 
     knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k, t)
     linear = linear_probe(train_x, train_y, test_x, test_y, protocol="fast", seed=seed)
@@ -133,8 +133,9 @@ def draw_comparison(rows: list[dict], run_dirs: dict[str, str], path: Path) -> N
             if pts:
                 style = "--" if label == "alone" else "-"
                 ax1.plot(*zip(*pts), style, marker="o", label=f"{name} ({'alone' if label == 'alone' else 'DoGo'})")
-    ax1.axhline(raw["knn_top1"], color="gray", lw=1, ls=":", label="raw pixels")
+    ax1.axhline(raw["knn_top1"], color="gray", lw=1, ls=":", label="raw pixels (final probe's splits)")
     ax1.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor during training")
+    ax1.xaxis.get_major_locator().set_params(integer=True)
     ax1.legend(fontsize=8)
     models = [r["model"] for r in rows]
     x = torch.arange(len(rows)).numpy()
