@@ -1,0 +1,865 @@
+"""The evaluation suite: every protocol, for every peer of every run, as one tidy table.
+
+    >>> from dogo.evaluate import evaluate_run, compare_runs, load_run        # doctest: +SKIP
+    >>> df = evaluate_run("runs/dogo-20261126-101500", limit=5000)           # doctest: +SKIP
+    >>> both = compare_runs(["runs/alone", "runs/dogo"], out_dir="runs/cmp")  # doctest: +SKIP
+
+or from the command line: ``dogo eval RUN_DIR [RUN_DIR ...] --protocols knn linear --limit 5000``.
+
+Protocols (all on frozen backbone features; the encoder never changes):
+
+- ``knn``: weighted kNN monitor (cosine, k = 200, temperature 0.1, train features as the bank).
+- ``linear``: linear probe (``dogo.probes``), ``fast`` or the ``authors`` protocol, scored once on
+  the full test set.
+- ``limited``: the probe on class-balanced 1 % and 10 % label subsets, one per seed.
+- ``noisy``: the probe on labels with symmetric (and optionally asymmetric) noise, clean test set.
+- ``transfer``: the probe trained and tested on another dataset (Fashion-MNIST -> digits offline).
+- ``corruptions``: the clean probe scored on corrupted test sets (8 corruptions x 5 severities).
+- ``tsne``: a 2-D t-SNE of class-balanced test features, drawn per peer; its silhouette is logged.
+
+Features are extracted once per (checkpoint, peer, dataset, split, limit), with the backbone in eval
+mode (BatchNorm folded into the convolutions), the test transform, no gradients, on the best device;
+they are kept in memory and in ``<run>/eval/features_<peer>_<dataset>_<split>.pt`` so that every
+protocol, and the next call, reuses them. The table has one row per (run, peer, protocol, setting,
+metric, seed) and is written to ``<run>/eval/results.csv`` and ``results.json`` with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .augment import TestTransform
+from .config import Config, from_dict
+from .data import STATS, ImageDataset, load_dataset
+from .errors import CheckpointError, ConfigError, DataError, DogoError
+from .features import extract_features
+from .models import SSLModel, build_model
+from .probes import (
+    LinearProbe,
+    asymmetric_label_noise,
+    class_balanced_subset,
+    cpu_threads,
+    fit_linear_probe,
+    flip_map,
+    knn_eval,
+    one_thread_is_better,
+    symmetric_label_noise,
+)
+from .runlog import find_checkpoint, load_checkpoint
+from .shift import CORRUPTIONS, TRANSFER_TARGETS, adapt_channels, corrupt
+
+PROTOCOLS = ("knn", "linear", "limited", "noisy", "transfer", "corruptions", "tsne")
+COLUMNS = ["run", "peer", "protocol", "setting", "group", "level", "metric", "value", "seed", "dataset",
+           "n_train", "n_test", "backbone", "width", "objective", "epoch", "run_dir"]
+
+# ============================================================================ loading checkpoints
+
+
+class LoadedRun(dict):
+    """Peer name -> ``SSLModel`` in eval mode, plus what the evaluation needs to know about the run:
+    ``config`` (the checkpoint's own ``Config``), ``checkpoint`` and ``run_dir`` paths, ``epoch``,
+    ``finished``, ``in_channels``, ``device`` and ``fingerprint`` (path, mtime, size: the cache key)."""
+
+    config: Config
+    checkpoint: Path
+    run_dir: Path
+    epoch: int
+    finished: bool
+    in_channels: int
+    device: torch.device
+    fingerprint: tuple
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def _in_channels(state_dict: dict[str, torch.Tensor], dataset: str) -> int:
+    """Input channels of a backbone: from its first convolution's weight (out, in, kh, kw)."""
+    for key, value in state_dict.items():
+        if key.startswith("backbone.") and getattr(value, "dim", lambda: 0)() == 4:
+            return int(value.shape[1])
+    return len(STATS.get(dataset, ((0.5,),))[0])
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA, then MPS, then the CPU (the training engine's rule)."""
+    from .train import resolve_device as _resolve
+
+    if isinstance(device, torch.device):
+        return device
+    return _resolve(device or "auto")
+
+
+def load_run(run_dir_or_checkpoint: str | Path, device: str | torch.device | None = None) -> LoadedRun:
+    """Every peer of a run (folder or checkpoint file) as a model in eval mode, built from the
+    checkpoint's own config. Raises ``CheckpointError`` (one line) when the checkpoint is missing,
+    corrupt, not a dogo checkpoint, or its weights do not match its config."""
+    path = find_checkpoint(run_dir_or_checkpoint)
+    state = load_checkpoint(path)
+    try:
+        cfg = from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its stored config is not valid ({exc})") from None
+    stored = state["peers"]
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: 'peers' is not a mapping of peer name -> state")
+    names = [p.name for p in cfg.peers]
+    if sorted(stored) != sorted(names):
+        raise CheckpointError(f"{path} holds peers {sorted(stored)} but its config lists {names}")
+    dev = resolve_device(device)
+    models: dict[str, SSLModel] = {}
+    in_channels = None
+    for peer_cfg in cfg.peers:
+        entry = stored[peer_cfg.name]
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise CheckpointError(f"{path}: peer {peer_cfg.name!r} has no model weights")
+        weights = entry["model"]
+        in_channels = _in_channels(weights, cfg.data.dataset)
+        model = build_model(peer_cfg, in_channels, cfg.data.image_size)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            arch = peer_cfg.backbone + (f" width {peer_cfg.width}" if peer_cfg.backbone == "cnn" else "")
+            raise CheckpointError(f"{path}: peer {peer_cfg.name!r} does not match its config ({arch}, "
+                                  f"{peer_cfg.objective}): {detail}") from None
+        models[peer_cfg.name] = model.to(dev).eval()
+    run = LoadedRun(models)
+    run.config = cfg
+    run.checkpoint = path
+    run.run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run.epoch = int(state.get("epoch", 0))
+    run.finished = bool(state.get("finished", False))
+    run.in_channels = in_channels
+    run.device = dev
+    stat = path.stat()
+    run.fingerprint = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return run
+
+
+# ============================================================================ features, cached
+
+_FEATURES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+MEMORY_BUDGET = 2 * 2**30  # bytes of features kept in memory (least recently used dropped first)
+_BACKBONES: dict[tuple, torch.nn.Module] = {}
+
+
+def clear_cache() -> None:
+    """Forget the in-memory features and prepared backbones (the files under <run>/eval stay)."""
+    _FEATURES.clear()
+    _BACKBONES.clear()
+
+
+def _remember(key: tuple, feats: torch.Tensor) -> None:
+    _FEATURES[key] = feats
+    _FEATURES.move_to_end(key)
+    while len(_FEATURES) > 1 and sum(f.numel() * f.element_size() for f in _FEATURES.values()) > MEMORY_BUDGET:
+        _FEATURES.popitem(last=False)
+
+
+def _inference_backbone(run: LoadedRun, peer: str) -> torch.nn.Module:
+    """A copy of the peer's backbone for inference: eval mode, BatchNorm folded into the preceding
+    convolutions (same numbers, fewer passes over memory), channels-last layout."""
+    key = (run.fingerprint, peer, str(run.device))
+    if key not in _BACKBONES:
+        backbone = copy.deepcopy(run[peer].backbone).eval()
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            backbone = fuse(backbone)
+        except Exception:  # a backbone fx cannot trace still works, just unfused
+            pass
+        _BACKBONES[key] = backbone.to(run.device, memory_format=torch.channels_last)
+    return _BACKBONES[key]
+
+
+def encoder_transform(run: LoadedRun) -> TestTransform:
+    """The test transform the encoder was trained with: its input size and its dataset's statistics.
+
+    Other datasets (transfer, corruptions) go through the same transform: the encoder is a fixed
+    function of its normalised input."""
+    mean, std = STATS.get(run.config.data.dataset, ((0.5,), (0.5,)))
+    if len(mean) != run.in_channels:
+        mean, std = (0.5,) * run.in_channels, (0.5,) * run.in_channels
+    return TestTransform(run.config.data.image_size, tuple(mean), tuple(std))
+
+
+def peer_features(run: LoadedRun, peer: str, data: ImageDataset, *, limit: int | None = None, variant: str = "clean",
+             cache_dir: str | Path | None = None, batch_size: int = 1024, remember: bool = True) -> torch.Tensor:
+    """Frozen backbone features (N, D), float32 on the CPU, of ``data``'s images for one peer.
+
+    Cached in memory under (checkpoint fingerprint, peer, dataset, split, limit, variant, N) and, when
+    ``cache_dir`` is given, in ``cache_dir/features_<peer>_<dataset>_<split>[_n<limit>][_<variant>].pt``
+    (reused only while the checkpoint's mtime and size are unchanged).
+    """
+    if peer not in run:
+        raise DogoError(f"run {run.name} has no peer {peer!r}; its peers are {', '.join(run)}")
+    key = (run.fingerprint, peer, data.name, data.split, limit, variant, len(data))
+    if key in _FEATURES:
+        _FEATURES.move_to_end(key)
+        return _FEATURES[key]
+    file = None
+    if cache_dir is not None:
+        suffix = (f"_n{limit}" if limit else "") + ("" if variant == "clean" else f"_{variant}")
+        file = Path(cache_dir) / f"features_{peer}_{data.name}_{data.split}{suffix}.pt"
+        if file.is_file():
+            try:
+                saved = torch.load(file, map_location="cpu", weights_only=True)
+                if tuple(saved["fingerprint"][1:]) == run.fingerprint[1:] and saved["features"].shape[0] == len(data):
+                    if remember:
+                        _remember(key, saved["features"])
+                    return saved["features"]
+            except Exception:  # an unreadable cache file is simply recomputed
+                pass
+    images = adapt_channels(data.images, run.in_channels)
+    tf = encoder_transform(run)
+    backbone = _inference_backbone(run, peer)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        return tf(x).contiguous(memory_format=torch.channels_last)
+
+    feats = extract_features(backbone, images, transform, batch_size=batch_size, device=run.device)
+    if remember:
+        _remember(key, feats)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"fingerprint": list(run.fingerprint), "features": feats, "labels": data.labels}, file)
+    return feats
+
+
+# ============================================================================ t-SNE and figures
+
+
+def balanced_indices(labels: torch.Tensor, points: int, seed: int = 0) -> torch.Tensor:
+    """About ``points`` indices with the same count per class (seeded), for t-SNE subsets."""
+    num_classes = int(labels.max()) + 1
+    if points >= len(labels):
+        return torch.arange(len(labels))
+    return class_balanced_subset(labels, points / len(labels), seed, num_classes)
+
+
+_EMBEDDINGS: dict[tuple, np.ndarray] = {}
+
+
+def tsne_embed(feats: torch.Tensor, labels: torch.Tensor, points: int = 2000, seed: int = 0,
+               perplexity: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """2-D t-SNE (scikit-learn, PCA initialisation, fixed seed) of a class-balanced subset.
+
+    Features are L2-normalised (the geometry the kNN monitor and the SSL losses use) and reduced to 50
+    principal components first, the usual speed-up. Returns (embedding (n, 2), labels (n,))."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    idx = balanced_indices(labels, points, seed)
+    x = torch.nn.functional.normalize(feats[idx].float(), dim=1).numpy()
+    y = labels[idx].numpy()
+    if x.shape[1] > 50 and len(x) > 50:
+        x = PCA(50, random_state=seed).fit_transform(x)
+    tsne = TSNE(2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca", learning_rate="auto",
+                random_state=seed)
+    # Small embeddings, and any on a 2-core machine, are faster on one thread (see one_thread_is_better).
+    with cpu_threads(1 if one_thread_is_better(len(x) <= 2500) else None):
+        return tsne.fit_transform(x).astype(np.float32), y
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    # A bare Figure (no pyplot): no global state, safe in scripts and threads; notebooks display it.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def draw_embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path | None = None, *,
+                    class_names: Sequence[str] | None = None, title: str | None = None):
+    """Side-by-side scatter plots of 2-D embeddings, one panel per name, coloured by class, one legend."""
+    import seaborn as sns
+
+    n = len(panels)
+    num_classes = max(int(lab.max()) + 1 for _, lab in panels.values())
+    names = list(class_names) if class_names is not None and len(class_names) >= num_classes \
+        else [str(i) for i in range(num_classes)]
+    legend = num_classes <= 20
+    fig = _figure(4.2 * n + (2.0 if legend else 0), 4.4)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    palette = sns.color_palette("tab10" if num_classes <= 10 else "husl", num_classes)
+    for i, (ax, (name, (emb, lab))) in enumerate(zip(axes, panels.items())):
+        sns.scatterplot(x=emb[:, 0], y=emb[:, 1], hue=[names[c] for c in lab], hue_order=names[:num_classes],
+                        palette=palette, s=7, linewidth=0, alpha=0.85, ax=ax, legend=legend and i == n - 1)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if legend:
+        sns.move_legend(axes[-1], "center left", bbox_to_anchor=(1.02, 0.5), title="class", markerscale=2.5,
+                        frameon=False)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130)
+    return fig
+
+
+def tsne_plot(features_by_name: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str | Path | None = None, *,
+              points: int = 2000, seed: int = 0, class_names: Sequence[str] | None = None,
+              title: str | None = None):
+    """t-SNE of each (features, labels) pair, drawn side by side (e.g. ``{"alone": ..., "with peer": ...}``),
+    saved as PNG at ``path`` if given. Returns the matplotlib Figure (shown inline in notebooks)."""
+    panels = {name: tsne_embed(f, y, points, seed) for name, (f, y) in features_by_name.items()}
+    return draw_embeddings(panels, path, class_names=class_names, title=title)
+
+
+def _model_label(df: pd.DataFrame) -> pd.Series:
+    if df["run"].nunique() > 1:
+        return df["run"].astype(str) + " / " + df["peer"].astype(str)
+    return df["peer"].astype(str)
+
+
+def plot_summary(df: pd.DataFrame, path: str | Path | None = None, title: str | None = None):
+    """One panel per protocol in the table: top-1 (mean, error bars = std over seeds) per model.
+
+    kNN, linear and transfer as bars; limited labels vs label fraction; noisy labels vs noise rate;
+    corruptions (mean over types) vs severity, 0 = clean. Returns the Figure (None if nothing to draw).
+    """
+    import seaborn as sns
+
+    top1 = df[df["metric"] == "top1"].copy()
+    if top1.empty:
+        return None
+    top1["model"] = _model_label(top1)
+    order = list(dict.fromkeys(top1["model"]))
+    panels = []
+    bars = top1[top1["protocol"].isin(["knn", "linear", "transfer"])].copy()
+    if not bars.empty:
+        bars["what"] = np.where(bars["protocol"] == "transfer", "transfer: " + bars["setting"].astype(str),
+                                bars["protocol"].astype(str))
+        panels.append(("kNN, linear probe, transfer", bars, "bar"))
+    for proto, panel_title in (("limited", "limited labels"), ("noisy", "noisy labels")):
+        sub = top1[top1["protocol"] == proto]
+        if not sub.empty:
+            panels.append((panel_title, sub, proto))
+    corr = top1[(top1["protocol"] == "corruptions") & top1["group"].isin(["clean", "mean"]) & top1["level"].notna()]
+    if not corr.empty:
+        panels.append(("corruptions (mean over types)", corr, "corruptions"))
+    fig = _figure(5.0 * len(panels), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    for ax, (panel_title, data, kind) in zip(axes, panels):
+        if kind == "bar":
+            sns.barplot(data=data, x="what", y="value", hue="model", hue_order=order, palette=palette,
+                        errorbar="sd", ax=ax)
+            ax.set_xlabel("")
+            low = max(0.0, float(data["value"].min()) - 10)
+            ax.set_ylim(low, 100)
+        else:
+            x = {"limited": "level", "noisy": "level", "corruptions": "level"}[kind]
+            style = "group" if kind == "noisy" and data["group"].nunique() > 1 else None
+            sns.lineplot(data=data, x=x, y="value", hue="model", hue_order=order, palette=palette, style=style,
+                         marker="o", errorbar="sd", ax=ax)
+            if kind == "limited":
+                ax.set_xscale("log")
+                ax.set_xlabel("fraction of training labels")
+            elif kind == "noisy":
+                ax.set_xlabel("label noise rate")
+            else:
+                ax.set_xlabel("severity (0 = clean test set)")
+        ax.set_title(panel_title)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend() is not None and ax is not axes[-1]:
+            ax.get_legend().remove()
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130)
+    return fig
+
+
+# ============================================================================ the protocols
+
+
+@dataclass
+class EvalSettings:
+    """Knobs of the protocols (defaults are the field's conventions and the issue's grid)."""
+
+    probe: str = "fast"  # "fast" (L-BFGS, weight decay chosen on validation) or "authors"
+    probe_epochs: int = 100  # authors' protocol only
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    label_fractions: tuple[float, ...] = (0.01, 0.1)
+    noise_rates: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    noise_kinds: tuple[str, ...] = ("symmetric",)  # add "asymmetric" for class-pair flips (rates < 0.5)
+    transfer_targets: tuple[str, ...] | None = None  # None: the defaults for the run's dataset, if present
+    corruptions: tuple[str, ...] = CORRUPTIONS
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    corruption_limit: int | None = None  # test images used per corruption (None: the whole test set)
+    tsne_points: int = 2000
+    cache: bool = True  # keep features in <out_dir>/features_*.pt
+
+    def check(self) -> None:
+        if self.probe not in ("fast", "authors"):
+            raise ConfigError(f"probe: must be 'fast' or 'authors', got {self.probe!r}")
+        if self.knn_k < 1 or self.knn_temperature <= 0:
+            raise ConfigError("knn: k must be >= 1 and the temperature > 0")
+        if any(not 0 < f <= 1 for f in self.label_fractions):
+            raise ConfigError(f"label_fractions: each must be in (0, 1], got {self.label_fractions}")
+        if any(not 0 <= r < 1 for r in self.noise_rates):
+            raise ConfigError(f"noise_rates: each must be in [0, 1), got {self.noise_rates}")
+        bad = [k for k in self.noise_kinds if k not in ("symmetric", "asymmetric")]
+        if bad:
+            raise ConfigError(f"noise_kinds: unknown {bad}; choose symmetric and/or asymmetric")
+        bad = [c for c in self.corruptions if c not in CORRUPTIONS]
+        if bad:
+            raise ConfigError(f"corruptions: unknown {bad}; choose from {', '.join(CORRUPTIONS)}")
+        if any(s not in (1, 2, 3, 4, 5) for s in self.severities):
+            raise ConfigError(f"severities: each must be 1..5, got {self.severities}")
+        if self.tsne_points < 10:
+            raise ConfigError(f"tsne_points: need at least 10, got {self.tsne_points}")
+
+
+@dataclass
+class _Context:
+    run: LoadedRun
+    train: ImageDataset
+    test: ImageDataset
+    limit: int | None
+    seeds: tuple[int, ...]
+    settings: EvalSettings
+    out_dir: Path
+    progress: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    probes: dict[str, LinearProbe] = field(default_factory=dict)
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    transfer: list[tuple[ImageDataset, ImageDataset]] | None = None  # loaded once, used for every peer
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.out_dir if self.settings.cache else None
+
+    def say(self, message: str) -> None:
+        if self.progress:
+            print(message, flush=True)
+
+    def add(self, peer: str, protocol: str, setting: str, metrics: dict[str, float], *, group: str = "",
+            level: float = math.nan, seed: int | None = None, dataset: str | None = None,
+            n_train: int | None = None, n_test: int | None = None) -> None:
+        peer_cfg = next(p for p in self.run.config.peers if p.name == peer)
+        for metric, value in metrics.items():
+            if isinstance(value, (dict, str)) or value is None:
+                continue
+            self.rows.append({
+                "run": self.run.name, "peer": peer, "protocol": protocol, "setting": setting, "group": group,
+                "level": float(level), "metric": metric, "value": float(value),
+                "seed": math.nan if seed is None else int(seed), "dataset": dataset or self.train.name,
+                "n_train": n_train if n_train is not None else len(self.train),
+                "n_test": n_test if n_test is not None else len(self.test),
+                "backbone": peer_cfg.backbone, "width": peer_cfg.width, "objective": peer_cfg.objective,
+                "epoch": self.run.epoch, "run_dir": str(self.run.run_dir),
+            })
+
+    def probe_kwargs(self) -> dict[str, Any]:
+        return {"protocol": self.settings.probe, "epochs": self.settings.probe_epochs, "device": self.run.device}
+
+
+def _probe_metrics(probe: LinearProbe, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Test top-1/top-5 plus the probe's validation accuracy and chosen hyperparameter."""
+    out = probe.evaluate(feats, labels)
+    out["val_top1"] = probe.info.get("val_top1", math.nan)
+    if "weight_decay" in probe.info:
+        out["weight_decay"] = probe.info["weight_decay"]
+    if "best_epoch" in probe.info:
+        out["best_epoch"] = probe.info["best_epoch"]
+    return out
+
+
+def _clean_probe(ctx: _Context, peer: str, ftr: torch.Tensor) -> LinearProbe:
+    """The probe on all clean training labels (first seed), shared by ``linear`` and ``corruptions``."""
+    if peer not in ctx.probes:
+        ctx.probes[peer] = fit_linear_probe(ftr, ctx.train.labels, seed=ctx.seeds[0],
+                                            num_classes=ctx.train.num_classes, **ctx.probe_kwargs())
+    return ctx.probes[peer]
+
+
+def _run_knn(ctx, peer, ftr, fte):
+    s = ctx.settings
+    metrics = knn_eval(ftr, ctx.train.labels, fte, ctx.test.labels, ctx.train.num_classes, s.knn_k, s.knn_temperature)
+    ctx.add(peer, "knn", f"k={s.knn_k} T={s.knn_temperature:g}", metrics, level=s.knn_k)
+
+
+def _run_linear(ctx, peer, ftr, fte):
+    probe = _clean_probe(ctx, peer, ftr)
+    ctx.add(peer, "linear", ctx.settings.probe, _probe_metrics(probe, fte, ctx.test.labels), seed=ctx.seeds[0])
+
+
+def _run_limited(ctx, peer, ftr, fte):
+    for fraction in ctx.settings.label_fractions:
+        for seed in ctx.seeds:
+            idx = class_balanced_subset(ctx.train.labels, fraction, seed, ctx.train.num_classes)
+            # The unlabelled training features (no labels) give the standardisation statistics.
+            probe = fit_linear_probe(ftr[idx], ctx.train.labels[idx], seed=seed, num_classes=ctx.train.num_classes,
+                                     unlabelled=ftr, **ctx.probe_kwargs())
+            ctx.add(peer, "limited", f"{100 * fraction:g}% labels", _probe_metrics(probe, fte, ctx.test.labels),
+                    group="fraction", level=fraction, seed=seed, n_train=len(idx))
+
+
+def _run_noisy(ctx, peer, ftr, fte):
+    labels, num_classes = ctx.train.labels, ctx.train.num_classes
+    for kind in ctx.settings.noise_kinds:
+        rates = ctx.settings.noise_rates if kind == "symmetric" else [r for r in ctx.settings.noise_rates if r < 0.5]
+        for rate in rates:
+            for seed in ctx.seeds:
+                if kind == "symmetric":
+                    noisy = symmetric_label_noise(labels, rate, num_classes, seed)
+                else:
+                    noisy = asymmetric_label_noise(labels, rate, flip_map(ctx.train.name, num_classes), seed)
+                # The validation split (choice of weight decay / epoch) sees the same noisy labels:
+                # clean labels are not available to someone training on noisy ones.
+                probe = fit_linear_probe(ftr, noisy, seed=seed, num_classes=num_classes, **ctx.probe_kwargs())
+                metrics = _probe_metrics(probe, fte, ctx.test.labels)
+                metrics["noisy_val_top1"] = metrics.pop("val_top1")
+                ctx.add(peer, "noisy", f"{kind} {100 * rate:g}%", metrics, group=kind, level=rate, seed=seed)
+
+
+def _transfer_data(ctx) -> list[tuple[ImageDataset, ImageDataset]]:
+    """(train, test) of every transfer target; default targets that are not on disk are skipped."""
+    explicit = ctx.settings.transfer_targets is not None
+    targets = ctx.settings.transfer_targets if explicit else TRANSFER_TARGETS.get(ctx.train.name, ())
+    cfg = ctx.run.config.data
+    out = []
+    for name in targets:
+        try:
+            train = _labelled(load_dataset(name, "train", cfg.root, ctx.limit))
+            test = _labelled(load_dataset(name, "test", cfg.root, ctx.limit))
+        except DataError as exc:
+            if explicit:
+                raise
+            ctx.notes.append(f"transfer to {name} skipped: {str(exc).split('.')[0]}")
+            continue
+        out.append((train, test))
+    if not out and not explicit:
+        ctx.notes.append(f"transfer: no target dataset for {ctx.train.name} is available")
+    return out
+
+
+def _run_transfer(ctx, peer, ftr, fte):
+    if ctx.transfer is None:
+        ctx.transfer = _transfer_data(ctx)
+    for train, test in ctx.transfer:
+        limit = ctx.limit
+        gtr = peer_features(ctx.run, peer, train, limit=limit, cache_dir=ctx.cache_dir)
+        gte = peer_features(ctx.run, peer, test, limit=limit, cache_dir=ctx.cache_dir)
+        probe = fit_linear_probe(gtr, train.labels, seed=ctx.seeds[0], num_classes=train.num_classes,
+                                 **ctx.probe_kwargs())
+        ctx.add(peer, "transfer", train.name, _probe_metrics(probe, gte, test.labels), group=train.name,
+                seed=ctx.seeds[0], dataset=train.name, n_train=len(train), n_test=len(test))
+
+
+def _run_corruptions(ctx, peer, ftr, fte):
+    s = ctx.settings
+    probe = _clean_probe(ctx, peer, ftr)
+    test = ctx.test
+    if s.corruption_limit is not None and s.corruption_limit < len(test):
+        test = test.subset(balanced_indices(test.labels, s.corruption_limit, seed=0))
+        clean = peer_features(ctx.run, peer, test, limit=ctx.limit, variant=f"c{s.corruption_limit}")
+    else:
+        clean = fte
+    n = len(test)
+    clean_metrics = probe.evaluate(clean, test.labels)
+    ctx.add(peer, "corruptions", "clean", clean_metrics, group="clean", level=0, seed=ctx.seeds[0], n_test=n)
+    per_level: dict[int, list[float]] = {sev: [] for sev in s.severities}
+    for name in s.corruptions:
+        for sev in s.severities:
+            images = corrupt(test.images, name, sev, seed=0)
+            shifted = ImageDataset(test.name, images, test.labels, test.classes, test.mean, test.std, test.split)
+            feats = peer_features(ctx.run, peer, shifted, limit=ctx.limit, variant=f"{name}{sev}_{n}", remember=False)
+            metrics = probe.evaluate(feats, test.labels)
+            per_level[sev].append(metrics["top1"])
+            ctx.add(peer, "corruptions", f"{name}-{sev}", metrics, group=name, level=sev, seed=ctx.seeds[0], n_test=n)
+    for sev, accs in per_level.items():
+        ctx.add(peer, "corruptions", f"mean-{sev}", {"top1": float(np.mean(accs))}, group="mean", level=sev,
+                seed=ctx.seeds[0], n_test=n)
+    everything = [a for accs in per_level.values() for a in accs]
+    ctx.add(peer, "corruptions", "mean", {"top1": float(np.mean(everything)),
+                                          "relative_to_clean": 100 * float(np.mean(everything)) / clean_metrics["top1"]},
+            group="mean", seed=ctx.seeds[0], n_test=n)
+
+
+def _run_tsne(ctx, peer, ftr, fte):
+    from sklearn.metrics import silhouette_score
+
+    points = ctx.settings.tsne_points
+    key = (ctx.run.fingerprint, peer, ctx.test.name, ctx.limit, points, ctx.seeds[0])
+    if key not in _EMBEDDINGS:
+        _EMBEDDINGS[key] = tsne_embed(fte, ctx.test.labels, points, ctx.seeds[0])
+    emb, lab = _EMBEDDINGS[key]
+    ctx.embeddings[peer] = (emb, lab)
+    score = silhouette_score(emb, lab) if len(np.unique(lab)) > 1 else math.nan
+    ctx.add(peer, "tsne", f"{len(lab)} points", {"silhouette": score}, seed=ctx.seeds[0], n_test=len(lab))
+
+
+_RUNNERS = {"knn": _run_knn, "linear": _run_linear, "limited": _run_limited, "noisy": _run_noisy,
+            "transfer": _run_transfer, "corruptions": _run_corruptions, "tsne": _run_tsne}
+
+
+def _labelled(data: ImageDataset) -> ImageDataset:
+    if len(data) and data.labels.min() < 0:
+        return data.subset((data.labels >= 0).nonzero().flatten())
+    return data
+
+
+def _check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
+    import difflib
+
+    if isinstance(protocols, str):
+        protocols = [protocols]
+    # "knn linear", "knn,linear" and ["knn", "linear"] all name the same protocols
+    protocols = tuple(p.strip() for item in protocols for p in str(item).split(",") if p.strip())
+    if "all" in protocols:
+        return PROTOCOLS
+    for p in protocols:
+        if p not in PROTOCOLS:
+            near = difflib.get_close_matches(p, PROTOCOLS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"protocols: unknown protocol {p!r}{hint}; choose from {', '.join(PROTOCOLS)}")
+    if not protocols:
+        raise ConfigError(f"protocols: none given; choose from {', '.join(PROTOCOLS)}")
+    return tuple(p for p in PROTOCOLS if p in protocols)  # a fixed order: cheap ones first
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str = "results") -> tuple[Path, Path]:
+    """Write the tidy table as ``<stem>.csv`` and ``<stem>.json`` (a list of records)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, js = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
+    df.to_csv(csv, index=False)
+    records = json.loads(df.to_json(orient="records"))
+    js.write_text(json.dumps(records, indent=1) + "\n")
+    return csv, js
+
+
+def evaluate_run(run_dir: str | Path, protocols: Iterable[str] | str = PROTOCOLS, *, dataset: str | None = None,
+                 limit: int | None = None, seeds: Sequence[int] = (0, 1, 2), device: str | torch.device | None = None,
+                 out_dir: str | Path | None = None, progress: bool = False, figures: bool = True,
+                 **settings: Any) -> pd.DataFrame:
+    """Evaluate every peer of one run (folder or checkpoint) with the given protocols.
+
+    ``dataset``: evaluate on this dataset instead of the run's own (channels/size are adapted);
+    ``limit``: use a fixed random subset of that many train and test images (quick runs);
+    ``seeds``: the seeds of the limited-label and noisy-label protocols (others use the first);
+    ``settings``: fields of ``EvalSettings`` (probe, knn_k, label_fractions, noise_rates, noise_kinds,
+    transfer_targets, corruptions, severities, corruption_limit, tsne_points, cache ...).
+
+    Returns the tidy table (columns ``COLUMNS``) and writes ``results.csv``, ``results.json``,
+    ``summary.png`` and ``tsne.png`` to ``out_dir`` (default ``<run>/eval``), replacing those of an
+    earlier call (the feature files are kept and reused). ``df.attrs`` holds
+    ``notes`` (skipped parts) and ``figures`` (paths).
+    """
+    protocols = _check_protocols(protocols)
+    unknown = [k for k in settings if k not in EvalSettings.__dataclass_fields__]
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], EvalSettings.__dataclass_fields__, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"evaluate_run: unknown setting {unknown[0]!r}{hint}")
+    for name in ("label_fractions", "noise_rates", "noise_kinds", "corruptions", "severities", "transfer_targets"):
+        if name in settings and settings[name] is not None:
+            value = settings[name]
+            settings[name] = (value,) if isinstance(value, (str, int, float)) else tuple(value)
+    opts = EvalSettings(**settings)
+    opts.check()
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    if limit is not None and limit < 20:
+        raise ConfigError(f"limit: need at least 20 images per split, got {limit}")
+
+    run = load_run(run_dir, device)
+    cfg = run.config.data
+    name = dataset or cfg.dataset
+    train = _labelled(load_dataset(name, "train", cfg.root, limit))
+    test = _labelled(load_dataset(name, "test", cfg.root, limit))
+    out = Path(out_dir) if out_dir is not None else run.run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(run, train, test, limit, seeds, opts, out, progress)
+    ctx.say(f"evaluating {run.name} (epoch {run.epoch}, peers {', '.join(run)}) on {name}: "
+            f"{len(train)} train / {len(test)} test images, device {run.device}")
+    for peer in run:
+        started = time.perf_counter()
+        ftr = peer_features(run, peer, train, limit=limit, cache_dir=ctx.cache_dir)
+        fte = peer_features(run, peer, test, limit=limit, cache_dir=ctx.cache_dir)
+        ctx.say(f"  [{peer}] features {tuple(ftr.shape)} + {tuple(fte.shape)}: {time.perf_counter() - started:.1f} s")
+        for protocol in protocols:
+            started = time.perf_counter()
+            _RUNNERS[protocol](ctx, peer, ftr, fte)
+            ctx.say(f"  [{peer}] {protocol}: {time.perf_counter() - started:.1f} s")
+    df = pd.DataFrame(ctx.rows, columns=COLUMNS)
+    write_table(df, out)
+    if figures:
+        if ctx.embeddings:
+            path = out / "tsne.png"
+            draw_embeddings(ctx.embeddings, path, class_names=test.classes,
+                            title=f"t-SNE of {test.name} test features ({run.name})")
+            ctx.figures.append(str(path))
+        if plot_summary(df, out / "summary.png", title=f"{run.name} (epoch {run.epoch}) on {name}") is not None:
+            ctx.figures.append(str(out / "summary.png"))
+    for note in ctx.notes:
+        ctx.say(f"  note: {note}")
+    df.attrs["notes"] = list(dict.fromkeys(ctx.notes))
+    df.attrs["figures"] = ctx.figures
+    df.attrs["embeddings"] = {(run.name, p): e for p, e in ctx.embeddings.items()}
+    df.attrs["classes"] = list(test.classes)
+    return df
+
+
+def compare_runs(run_dirs: Sequence[str | Path], protocols: Iterable[str] | str = PROTOCOLS, *,
+                 out_dir: str | Path | None = None, **kwargs: Any) -> pd.DataFrame:
+    """``evaluate_run`` for every run (each writes its own ``<run>/eval``), as one table.
+
+    With ``out_dir``, the combined table (``results.csv``/``.json``), a ``summary.png`` with every
+    (run, peer) and, if t-SNE ran, a ``tsne.png`` with one panel per (run, peer) are written there."""
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    if not run_dirs:
+        raise ConfigError("compare_runs: give at least one run folder")
+    frames, notes, figures, embeddings, classes = [], [], [], {}, None
+    for run_dir in run_dirs:
+        df = evaluate_run(run_dir, protocols, **kwargs)
+        frames.append(df)
+        notes += df.attrs.get("notes", [])
+        figures += df.attrs.get("figures", [])
+        embeddings.update(df.attrs.get("embeddings", {}))
+        classes = df.attrs.get("classes", classes)
+    combined = pd.concat(frames, ignore_index=True)
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_table(combined, out)
+        if kwargs.get("figures", True):
+            if plot_summary(combined, out / "summary.png", title="every run and peer") is not None:
+                figures.append(str(out / "summary.png"))
+            if embeddings:
+                several = len({run for run, _ in embeddings}) > 1
+                panels = {(f"{run} / {peer}" if several else peer): e for (run, peer), e in embeddings.items()}
+                draw_embeddings(panels, out / "tsne.png", class_names=classes, title="t-SNE of test features")
+                figures.append(str(out / "tsne.png"))
+    combined.attrs["notes"] = list(dict.fromkeys(notes))
+    combined.attrs["figures"] = figures
+    return combined
+
+
+# ============================================================================ reading the table
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and count over seeds for every (run, peer, protocol, setting, metric)."""
+    keys = ["run", "peer", "protocol", "setting", "metric"]
+    out = df.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n"})
+
+
+def format_summary(df: pd.DataFrame) -> str:
+    """A readable text summary: one block per protocol, rows = models, columns = settings,
+    cells = top-1 % (mean +- std over seeds where there are several); t-SNE shows the silhouette."""
+    if df.empty:
+        return "(no results)"
+    s = summarize(df)
+    s["model"] = _model_label(s)
+    blocks = []
+    for protocol in [p for p in PROTOCOLS if p in set(s["protocol"])]:
+        metric = "silhouette" if protocol == "tsne" else "top1"
+        sub = s[(s["protocol"] == protocol) & (s["metric"] == metric)]
+        if protocol == "corruptions":  # the per-type rows are in the CSV; show clean and the means
+            sub = sub[sub["setting"].isin(["clean", "mean"]) | sub["setting"].str.startswith("mean-")]
+        if sub.empty:
+            continue
+        fmt = "{:.3f}" if metric == "silhouette" else "{:.2f}"
+        cell = [fmt.format(m) + (f" ± {fmt.format(sd)}" if n > 1 else "")
+                for m, sd, n in zip(sub["mean"], sub["std"], sub["n"])]
+        table = sub.assign(cell=cell).pivot_table(index="model", columns="setting", values="cell", aggfunc="first",
+                                                  sort=False)
+        table = table.reindex(index=list(dict.fromkeys(sub["model"])), columns=list(dict.fromkeys(sub["setting"])))
+        unit = "silhouette of the 2-D embedding" if metric == "silhouette" else "top-1 %"
+        blocks.append(f"{protocol} ({unit})\n{table.to_string()}")
+    return "\n\n".join(blocks)
+
+
+# ============================================================================ command line
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Configure the ``dogo eval`` sub-command."""
+    parser.description = ("Evaluate every peer of one or more runs with frozen-feature protocols: "
+                          + ", ".join(PROTOCOLS) + ". Results go to RUN_DIR/eval/ (and --out for a combined table).")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) or checkpoint file(s)")
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), metavar="P",
+                        help=f"any of {', '.join(PROTOCOLS)} or 'all' (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="use N train and N test images (quick runs)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for limited/noisy labels")
+    parser.add_argument("--out", default=None, metavar="DIR", help="also write the combined table and figures here")
+    parser.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's own")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--probe", choices=["fast", "authors"], default="fast",
+                        help="linear probe protocol: fast (L-BFGS, tuned weight decay) or the authors' (Adam, 100 epochs)")
+    parser.add_argument("--probe-epochs", type=int, default=100, help="epochs of the authors' probe protocol")
+    parser.add_argument("--knn-k", type=int, default=200)
+    parser.add_argument("--knn-temperature", type=float, default=0.1)
+    parser.add_argument("--fractions", type=_floats, default=(0.01, 0.1), help="label fractions, e.g. 0.01,0.1")
+    parser.add_argument("--noise-rates", type=_floats, default=(0.2, 0.4, 0.6, 0.8), help="e.g. 0.2,0.4,0.6,0.8")
+    parser.add_argument("--noise", type=_names, default=("symmetric",), help="symmetric and/or asymmetric")
+    parser.add_argument("--transfer", type=_names, default=None, metavar="DATASETS",
+                        help="transfer targets, e.g. digits or stl10,cifar100 (default: per dataset, if present)")
+    parser.add_argument("--corruptions", type=_names, default=CORRUPTIONS, metavar="NAMES",
+                        help=f"comma-separated subset of {', '.join(CORRUPTIONS)}")
+    parser.add_argument("--corruption-limit", type=int, default=None, help="test images per corruption")
+    parser.add_argument("--tsne-points", type=int, default=2000)
+    parser.add_argument("--no-cache", action="store_true", help="do not write feature files under RUN_DIR/eval")
+    parser.add_argument("--no-progress", action="store_true", help="print only the summary")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``dogo eval``: evaluate, print the summary table and where the files are."""
+    df = compare_runs(
+        args.runs, args.protocols, out_dir=args.out, dataset=args.dataset, limit=args.limit, seeds=args.seeds,
+        device=args.device, progress=not args.no_progress, probe=args.probe, probe_epochs=args.probe_epochs,
+        knn_k=args.knn_k, knn_temperature=args.knn_temperature, label_fractions=args.fractions,
+        noise_rates=args.noise_rates, noise_kinds=args.noise, transfer_targets=args.transfer,
+        corruptions=args.corruptions, corruption_limit=args.corruption_limit, tsne_points=args.tsne_points,
+        cache=not args.no_cache)
+    print()
+    print(format_summary(df))
+    print()
+    for note in df.attrs.get("notes", []):
+        print(f"note: {note}")
+    places = [str(Path(r) / "eval") for r in dict.fromkeys(df["run_dir"])]
+    if args.out:
+        places.append(str(args.out))
+    print("results (results.csv, results.json, figures): " + ", ".join(places))
+    return 0
