@@ -33,10 +33,11 @@ def _train(args: argparse.Namespace) -> int:
         result = train(args.config_file, run_dir=args.run_dir, overrides=args.overrides, **kwargs)
     if result.get("interrupted"):
         return 130
-    from .distributed import rank
+    from .distributed import cleanup, rank
 
     if rank() == 0:  # under torchrun every process returns the same result; print it once
         _print_summary(result)
+    cleanup()  # leave the process group (torchrun) before exit, as NCCL asks
     return 0
 
 
