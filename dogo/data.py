@@ -21,6 +21,7 @@ from .errors import DataError
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEBIAN_DATASETS = Path("/usr/share/datasets")
+CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 # Per-dataset channel statistics (of the training split) for normalisation.
 STATS = {
@@ -208,16 +209,24 @@ def _find_folder(root, name: str) -> tuple[Path | None, list[Path]]:
     return None, looked
 
 
-def load_cifar10(split: str = "train", root=None, download: bool = False) -> ImageDataset:
-    folder, looked = _find_folder(root, "cifar-10-batches-py")
+def _locate(root, folder_name: str, title: str, how: str, download: bool, torchvision_name: str,
+            **download_kwargs) -> Path:
+    """The dataset's folder: searched for, else downloaded with torchvision when asked, else one error."""
+    folder, looked = _find_folder(root, folder_name)
     if folder is None and download:
         import torchvision
 
-        torchvision.datasets.CIFAR10(str(Path(root) if root else REPO_DATA), train=True, download=True)
-        folder, looked = _find_folder(root, "cifar-10-batches-py")
+        getattr(torchvision.datasets, torchvision_name)(str(Path(root) if root else REPO_DATA), download=True,
+                                                        **download_kwargs)
+        folder, looked = _find_folder(root, folder_name)
     if folder is None:
-        raise _missing("CIFAR-10", looked, "download cifar-10-python.tar.gz from "
-                       "https://www.cs.toronto.edu/~kriz/cifar.html and extract it into ./data, or set data.download=true")
+        raise _missing(title, looked, how + " and extract it into ./data, or set data.download=true")
+    return folder
+
+
+def load_cifar10(split: str = "train", root=None, download: bool = False) -> ImageDataset:
+    folder = _locate(root, "cifar-10-batches-py", "CIFAR-10", f"download cifar-10-python.tar.gz from {CIFAR_PAGE}",
+                     download, "CIFAR10", train=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     if split not in ("train", "test"):
         raise DataError(f"cifar10 has splits train and test, not {split!r}")
@@ -250,15 +259,8 @@ def load_cifar10_imbalanced(split: str = "train", root=None, download: bool = Fa
 
 
 def load_cifar100(split: str = "train", root=None, download: bool = False) -> ImageDataset:
-    folder, looked = _find_folder(root, "cifar-100-python")
-    if folder is None and download:
-        import torchvision
-
-        torchvision.datasets.CIFAR100(str(Path(root) if root else REPO_DATA), train=True, download=True)
-        folder, looked = _find_folder(root, "cifar-100-python")
-    if folder is None:
-        raise _missing("CIFAR-100", looked, "download cifar-100-python.tar.gz from "
-                       "https://www.cs.toronto.edu/~kriz/cifar.html and extract it into ./data, or set data.download=true")
+    folder = _locate(root, "cifar-100-python", "CIFAR-100", f"download cifar-100-python.tar.gz from {CIFAR_PAGE}",
+                     download, "CIFAR100", train=True)
     if split not in ("train", "test"):
         raise DataError(f"cifar100 has splits train and test, not {split!r}")
     if not (folder / split).is_file():
@@ -284,15 +286,9 @@ def _read_stl_images(path: Path) -> torch.Tensor:
 
 def load_stl10(split: str = "train", root=None, download: bool = False) -> ImageDataset:
     """STL-10: ``train`` (5k labeled), ``test`` (8k), ``unlabeled`` (100k), ``train+unlabeled`` for pre-training."""
-    folder, looked = _find_folder(root, "stl10_binary")
-    if folder is None and download:
-        import torchvision
-
-        torchvision.datasets.STL10(str(Path(root) if root else REPO_DATA), split="train", download=True)
-        folder, looked = _find_folder(root, "stl10_binary")
-    if folder is None:
-        raise _missing("STL-10", looked, "download stl10_binary.tar.gz from https://cs.stanford.edu/~acoates/stl10/ "
-                       "and extract it into ./data, or set data.download=true")
+    folder = _locate(root, "stl10_binary", "STL-10",
+                     "download stl10_binary.tar.gz from https://cs.stanford.edu/~acoates/stl10/", download, "STL10",
+                     split="train")
     parts = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"],
              "train+unlabeled": ["train", "unlabeled"]}
     if split not in parts:
