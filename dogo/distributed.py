@@ -36,13 +36,17 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
-def init_from_env() -> bool:
-    """Join the process group torchrun describes (NCCL on CUDA, gloo otherwise); False when alone."""
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group torchrun describes; False when alone.
+
+    ``backend`` None picks NCCL when CUDA is available and gloo otherwise; pass "gloo" to train on
+    the CPU of a machine that has GPUs (DDP with NCCL needs CUDA modules).
+    """
     if is_distributed():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend)

@@ -108,7 +108,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, train_data: ImageDataset | None = None,
                  eval_data: tuple[ImageDataset, ImageDataset] | None = None, progress: bool | None = None):
         self.cfg = cfg
-        self.distributed = dist_utils.init_from_env()
+        self.distributed = dist_utils.init_from_env("gloo" if cfg.device == "cpu" else None)
         self.is_main = dist_utils.rank() == 0
         self.device = resolve_device(cfg.device)
         self.progress = cfg.train.progress if progress is None else progress
@@ -131,6 +131,9 @@ class Trainer:
             self.eval_data = (bank, queries)
         # Shard the data across processes; every process augments on its own device.
         self.images = dist_utils.shard(self.train_data.images).to(self.device)
+        if cfg.train.batch_size % dist_utils.world_size():
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not split evenly over "
+                              f"{dist_utils.world_size()} processes")
         self.batch_size = cfg.train.batch_size // dist_utils.world_size()
         if self.batch_size < 2:
             raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is fewer than 2 per process")
@@ -155,7 +158,8 @@ class Trainer:
         self.epoch_seconds = 0.0
         self._stop_requested = False
 
-        self.run_dir = Path(run_dir) if run_dir else self._new_run_dir()
+        # Under torchrun every process must agree on one folder: rank 0 names it.
+        self.run_dir = Path(run_dir) if run_dir else Path(dist_utils.broadcast_object(str(self._new_run_dir())))
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
 
     # ------------------------------------------------------------------ construction
@@ -319,7 +323,10 @@ class Trainer:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["generator"])
+        if dist_utils.rank() == 0:
+            self.generator.set_state(rng["generator"])
+        else:  # only rank 0's view generator is saved; other ranks draw fresh, distinct views
+            self.generator.manual_seed(self.cfg.seed + 1000 * dist_utils.rank() + self.global_step)
         self.order_generator.set_state(rng["order_generator"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

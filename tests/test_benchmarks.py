@@ -24,6 +24,15 @@ import bench_train  # noqa: E402
 import reference_loop as ref  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models and batches: one thread avoids waiting on a second one on a busy CI machine (10x here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _embeddings(batch: int = 12, dim: int = 7, seed: int = 0, dtype=torch.float64):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, dim, generator=gen, dtype=dtype).requires_grad_() for _ in range(4)]
@@ -143,8 +152,8 @@ def test_loss_measurement_times_forward_and_backward_and_sees_the_memory():
 @pytest.mark.slow
 def test_bench_losses_measures_in_a_fresh_process(tmp_path):
     # B = 128, d = 128: the broadcast NT-Xent holds [256, 256, 128] float32 tensors (32 MiB each).
-    report = bench_losses.main(["--batches", "128", "--repeats", "1", "--losses", "nt_xent", "--forms", "broadcast",
-                                "--out", str(tmp_path / "losses.json")])
+    report = bench_losses.main(["--batches", "128", "--repeats", "1", "--threads", "1", "--losses", "nt_xent",
+                                "--forms", "broadcast", "--out", str(tmp_path / "losses.json")])
     (record,) = report["results"]
     assert record["status"] == "ok" and record["seconds"] > 0
     # Several of those tensors are alive at the peak: the fresh process's VmHWM rise shows them.
