@@ -36,7 +36,7 @@ quickstart: setup
 	$(BIN)/dogo quickstart
 
 test: setup
-	$(BIN)/ruff check dogo tests benchmarks
+	$(BIN)/ruff check dogo tests benchmarks notebooks
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: venv
@@ -49,7 +49,7 @@ notebooks-full: venv
 	$(BIN)/dogo notebooks
 
 lint: venv
-	$(BIN)/ruff check dogo tests benchmarks
+	$(BIN)/ruff check dogo tests benchmarks notebooks
 
 bench: venv
 	$(BIN)/python benchmarks/bench_train.py --case cpu
