@@ -116,3 +116,10 @@ def run_json_subprocess(argv: list[str], timeout: float = 1800) -> dict:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     return json.loads(lines[-1])
+
+
+def write_report(path, report: dict) -> None:
+    """Write a benchmark report as indented JSON, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))

@@ -38,6 +38,7 @@ from _measure import (  # noqa: E402
     peak_rss_bytes,
     reset_peak_rss,
     run_json_subprocess,
+    write_report,
 )
 
 ensure_repo_on_path()
@@ -196,19 +197,14 @@ def main(argv=None) -> dict:
                 print(f"B={batch} {loss} {form} ...", file=sys.stderr, flush=True)
                 records.append(run_case(args, loss, form, batch))
                 if args.out:  # partial results survive a time limit
-                    _write(args.out, {"machine": machine, "results": records, "partial": True})
+                    write_report(args.out, {"machine": machine, "results": records, "partial": True})
     table = summarise(args, records, machine)
     print(table)
     report = {"machine": machine, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "_one")},
               "results": records, "table": table}
     if args.out:
-        _write(args.out, report)
+        write_report(args.out, report)
     return report
-
-
-def _write(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from _measure import (  # noqa: E402
     machine_description,
     peak_rss_bytes,
     run_json_subprocess,
+    write_report,
 )
 
 ensure_repo_on_path()
@@ -376,7 +377,7 @@ def main(argv=None) -> dict:
             r.update(side=side, batch=batch)
             results.append(r)
             if args.out:  # partial results survive a time limit
-                _write(args.out, {"case": args.case, "machine": machine, "results": results, "partial": True})
+                write_report(args.out, {"case": args.case, "machine": machine, "results": results, "partial": True})
     table = summarise(args, results, machine)
     if args.breakdown:
         print(f"measuring the breakdown, batch {args.batches[0]} ...", file=sys.stderr, flush=True)
@@ -391,13 +392,8 @@ def main(argv=None) -> dict:
                                                                  and not k.startswith("_")},
               "results": results, "table": table}
     if args.out:
-        _write(args.out, report)
+        write_report(args.out, report)
     return report
-
-
-def _write(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":
