@@ -283,6 +283,16 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _finish(fig, path: str | Path | None, title: str | None):
+    """Add the title, save as PNG when a path is given, return the figure."""
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130)
+    return fig
+
+
 def draw_embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path | None = None, *,
                     class_names: Sequence[str] | None = None, title: str | None = None):
     """Side-by-side scatter plots of 2-D embeddings, one panel per name, coloured by class, one legend."""
@@ -305,12 +315,7 @@ def draw_embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str 
     if legend:
         sns.move_legend(axes[-1], "center left", bbox_to_anchor=(1.02, 0.5), title="class", markerscale=2.5,
                         frameon=False)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130)
-    return fig
+    return _finish(fig, path, title)
 
 
 def tsne_plot(features_by_name: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str | Path | None = None, *,
@@ -381,12 +386,7 @@ def plot_summary(df: pd.DataFrame, path: str | Path | None = None, title: str | 
         ax.grid(alpha=0.3)
         if ax.get_legend() is not None and ax is not axes[-1]:
             ax.get_legend().remove()
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130)
-    return fig
+    return _finish(fig, path, title)
 
 
 # ============================================================================ the protocols
