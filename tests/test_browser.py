@@ -96,6 +96,10 @@ def jupyterlab(tmp_path, artifacts):
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # Render every cell (JupyterLab 4 otherwise renders only cells near the viewport).
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none"}))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
                PYTHONUNBUFFERED="1")
@@ -177,6 +181,10 @@ def test_distillation_notebook_in_chromium(sync_playwright, jupyterlab, artifact
             plot = page.locator("img.dogo-distill-plot")
             readout.scroll_into_view_if_needed(timeout=30_000)
             plot.wait_for(state="visible", timeout=30_000)
+            # The widget view fills its readout after it is attached: wait for the text itself.
+            page.wait_for_function(
+                "() => { const el = document.querySelector('.dogo-distill-readout');"
+                " return el !== null && el.innerText.startsWith('τ = '); }", timeout=60_000, polling=200)
             before_text = readout.inner_text()
             assert before_text.startswith("τ = 0.100"), before_text
             before_kl = float(KL_PATTERN.search(before_text).group(1))
