@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, apply_overrides, from_dict, load_config
+from .augment import normalize, to_float
+from .config import Config, from_dict, load_config
 from .data import load_dataset
+from .evaluate import encoder_transform, load_run
 from .features import extract_features, knn_accuracy
+from .probes import linear_probe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_quick.yaml"
 SMOKE_OVERRIDES = ["data.limit=1024", "data.eval_limit=1000", "train.epochs=1", "train.batch_size=128"]
@@ -34,8 +37,6 @@ def baseline_of(cfg: Config) -> Config:
 
 
 def _probe(train_x, train_y, test_x, test_y, num_classes: int, k: int, t: float, seed: int) -> dict[str, float]:
-    from .probes import linear_probe
-
     knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k, t)
     linear = linear_probe(train_x, train_y, test_x, test_y, protocol="fast", seed=seed)
     return {"knn_top1": knn, "linear_top1": linear["top1"]}
@@ -67,14 +68,10 @@ def run_quickstart(cfg: Config, output_dir: str | Path = "runs/quickstart", figu
     rows = []
     raw = _probe(_pixels(train), train.labels, _pixels(test), test.labels, train.num_classes, k, t, cfg.seed)
     rows.append({"model": "raw pixels", "training": "none", **raw})
-    from .evaluate import load_run
-
     for label in ("alone", "dogo"):
         models = load_run(runs[label]["run_dir"])
+        transform = encoder_transform(models)
         for name, model in models.items():
-            from .augment import TestTransform
-
-            transform = TestTransform(d.image_size, train.mean, train.std)
             ftr = extract_features(model.backbone, train.images, transform)
             fte = extract_features(model.backbone, test.images, transform)
             scores = _probe(ftr, train.labels, fte, test.labels, train.num_classes, k, t, cfg.seed)
@@ -96,8 +93,6 @@ def run_quickstart(cfg: Config, output_dir: str | Path = "runs/quickstart", figu
 
 
 def _pixels(ds) -> torch.Tensor:
-    from .augment import normalize, to_float
-
     return normalize(to_float(ds.images), ds.mean, ds.std).flatten(1)
 
 
@@ -172,4 +167,4 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_quickstart", "baseline_of", "format_table", "apply_overrides"]
+__all__ = ["run_quickstart", "baseline_of", "format_table"]

@@ -438,7 +438,10 @@ class Trainer:
                 self.metrics.write(record)
             if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
                 self.save()
-        return record or (read_metrics(self.run_dir)[-1] if read_metrics(self.run_dir) else {})
+        if record is None:  # resumed at the very end: the last record is already on disk
+            records = read_metrics(self.run_dir)
+            record = records[-1] if records else {}
+        return record
 
     def _epoch_record(self) -> dict[str, Any]:
         t = self.cfg.train
