@@ -52,15 +52,18 @@ def comparable(records: list[dict]) -> list[dict]:
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
-    """The final weights are bit-identical; logged values agree to float32 rounding.
+    """The final weights and the logged values agree to float32 rounding.
 
-    The logged loss sums can differ in the last bit between processes because PyTorch's vectorised
-    CPU reductions depend on memory alignment; the training trajectory itself does not.
+    Two processes can differ in the last bit of a float32 reduction (PyTorch's vectorised CPU
+    reductions depend on memory alignment, and kernels differ between CPUs), so nothing is compared
+    bit for bit. A resume that lost the data order, the RNG or the optimizer state changes every
+    weight by about the learning rate, far beyond these tolerances.
     """
     final, expected = load_checkpoint(run / CHECKPOINT), load_checkpoint(reference / CHECKPOINT)
     for name, peer in expected["peers"].items():
         for key, tensor in peer["model"].items():
-            assert torch.equal(final["peers"][name]["model"][key], tensor), f"{name}.{key} differs"
+            torch.testing.assert_close(final["peers"][name]["model"][key], tensor, rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, key=key, name=name: f"{name}.{key} differs: {m}")
     got, want = comparable(read_metrics(run)), comparable(read_metrics(reference))
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
     for g, w in zip(got, want):

@@ -31,7 +31,7 @@ from dogo.notebooks import (
 )
 from dogo.runlog import read_metrics
 
-from .helpers import REPO, comparable, tiny_overrides
+from .helpers import REPO, assert_same_run, tiny_overrides
 
 NOTEBOOKS = list_notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
@@ -228,4 +228,4 @@ def test_train_or_reuse_trains_reuses_resumes_and_refuses(tmp_path):
     trainer.train_step = stop_after_three
     assert trainer.fit()["interrupted"]
     assert train_or_reuse(cfg, tmp_path / "interrupted")["status"] == "resumed"
-    assert comparable(read_metrics(tmp_path / "interrupted")) == comparable(records)
+    assert_same_run(tmp_path / "interrupted", tmp_path / "straight")
