@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 5 in one call (H100/H200, torch preinstalled, no downloads); about 4 minutes, at most 9.
+# Every GPU speed check in one call (H100/H200, torch preinstalled, no downloads); at most 8 minutes.
 # Prepare on the development machine first:  bash benchmarks/prepare_gpu_carry.sh
 # Then on the device:  bash benchmarks/gpu_check.sh   (carry data/fashion-mnist and data/pydeps)
 # Results go to $OUT (or /tmp/dogo-gpu): env.txt, engine_smoke.log, bench_losses_gpu.{json,log},
-# bench_train_gpu.{json,log}, compile_smoke.log. Each step has its own time limit, and a failing step
+# bench_train_gpu.{json,log}, compile_smoke.log, levers_gpu{,_cnn}.{json,log}. Each step has its own time limit, and a failing step
 # does not stop the next one; the exit status is the number of failed steps.
 # Dry run of the plumbing on a CPU machine (tiny sizes):
-#   DEVICE=cpu SMOKE_LIMIT=1024 LOSS_ARGS="--batches 64" SKIP_COMPILE=1 \
-#   TRAIN_ARGS="--images 64 --batches 8 --steps 1 --warmup 0 --backbones resnet18 resnet18" bash benchmarks/gpu_check.sh
+#   DEVICE=cpu SMOKE_LIMIT=1024 LOSS_ARGS="--batches 64" \
+#   TRAIN_ARGS="--images 64 --batches 8 --steps 1 --warmup 0 --backbones resnet18 resnet18" \
+#   LEVER_ARGS="--device cpu --levers eager_fp32 fused_adam --images 64 --batch-size 16 --warmup 0 --steps 1" \
+#   CNN_LEVER_ARGS="--device cpu --images 1024 --batch-size 256 --warmup 0 --steps 1 --fit-images 1024" \
+#   bash benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dogo-gpu}
@@ -18,8 +21,14 @@ export DEVICE=${DEVICE:-cuda}
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}:$(pwd)/data/pydeps"
 export DOGO_DATA="$(pwd)/data"
 failed=0
+# The default steps fit a 9-minute window; STEPS=all adds the reference-loop comparison, the loss
+# benchmark and the compile smoke (measured on an H200 on 2026-11-29: benchmarks/RESULTS.md).
+ALL_STEPS="engine_smoke bench_losses_gpu bench_train_gpu compile_smoke levers_gpu levers_gpu_cnn"
+STEPS=${STEPS:-engine_smoke levers_gpu levers_gpu_cnn}
+[ "$STEPS" = all ] && STEPS=$ALL_STEPS
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
   local name=$1 limit=$2; shift 2
+  case " $STEPS " in *" $name "*) ;; *) echo "== $name: not in STEPS, skipped"; return 0 ;; esac
   echo "== $name (limit ${limit}s)"
   local start=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -61,7 +70,7 @@ step bench_train_gpu 300 "$PY" benchmarks/bench_train.py --case gpu --device "$D
   ${TRAIN_ARGS:-}
 
 # 4. torch.compile on the engine (optional speed path): a few steps of two CNN peers, compile included.
-[ -n "${SKIP_COMPILE:-}" ] || step compile_smoke 80 "$PY" - <<'PYCODE'
+step compile_smoke 80 "$PY" - <<'PYCODE'
 import os, tempfile, time, torch
 from dogo.config import from_dict
 from dogo.train import Trainer
@@ -76,6 +85,13 @@ if torch.cuda.is_available():
     torch.cuda.synchronize()
 print("compiled: 3 steps", round(time.perf_counter() - t, 1), "s, losses", [float(l["total"]) for l in losses])
 PYCODE
+
+# 5. Speed levers (fused Adam, compile, CUDA graphs, batch 1024, R18 alone) against eager, with the
+#    losses of each lever's first step against the eager float32 step; then one whole fit epoch
+#    (kNN monitor, checkpoint) against the bare step loop, and the CNN pair's 60k-image epoch.
+step levers_gpu 240 "$PY" benchmarks/bench_levers.py --case gpu --out "$OUT/levers_gpu.json" ${LEVER_ARGS:-}
+step levers_gpu_cnn 120 "$PY" benchmarks/bench_levers.py --case gpu_cnn --fit-overhead fused_adam \
+  --out "$OUT/levers_gpu_cnn.json" ${CNN_LEVER_ARGS:-}
 
 echo "failed steps: $failed"
 exit $failed

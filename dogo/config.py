@@ -76,6 +76,9 @@ class TrainConfig:
     batch_size: int = field(default=256, metadata=_check(ge=2))
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = field(default=3e-4, metadata=_check(gt=0.0))
+    # The lr above is for `lr_reference_batch` images per step; other batch sizes scale it.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_reference_batch: int = field(default=256, metadata=_check(ge=1))
     weight_decay: float = field(default=1e-6, metadata=_check(ge=0.0))
     momentum: float = field(default=0.9, metadata=_check(ge=0.0, le=1.0))
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -83,7 +86,9 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.0, metadata=_check(ge=0.0, le=1.0))
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off elsewhere
     channels_last: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile each peer's model
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"  # auto: one fused kernel per step on CUDA
     sync_batchnorm: bool = False
     checkpoint_every: int = field(default=1, metadata=_check(ge=1))  # epochs
     checkpoint_every_steps: int | None = field(default=None, metadata=_check(ge=1))
@@ -129,6 +134,9 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+_YAML_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -145,6 +153,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a boolean
+            value = next((c for c in choices if str(c).lower() in _YAML_BOOL_WORDS[value]), value)
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
         return value

@@ -19,6 +19,7 @@ from .conftest import write_fashion_mnist
 from .helpers import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_levers  # noqa: E402
 import bench_losses  # noqa: E402
 import bench_train  # noqa: E402
 import reference_loop as ref  # noqa: E402
@@ -123,6 +124,22 @@ def test_peak_tflops_table():
     assert bench_train.peak_tflops("NVIDIA H200") == 989.0
     assert bench_train.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert bench_train.peak_tflops("Some CPU") is None
+
+
+@pytest.mark.slow
+def test_bench_levers_times_each_lever_against_eager_and_checks_its_numerics(tmp_path):
+    import json
+
+    out = tmp_path / "levers.json"
+    assert bench_levers.main(["--case", "cpu", "--levers", "eager_fp32", "fused_adam", "--images", "512",
+                              "--warmup", "0", "--steps", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["throughput"]
+    assert [(r["lever"], r["status"]) for r in rows] == [("eager_fp32", "ok"), ("fused_adam", "ok")]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["images_per_s"] > 0
+    # The optimizer acts after the first step's losses: the same seed gives the same losses.
+    assert rows[1]["max_rel_loss_diff"] < 1e-6
+    with pytest.raises(SystemExit):
+        bench_levers.main(["--case", "cpu", "--levers", "no_such_lever"])
 
 
 @pytest.mark.slow

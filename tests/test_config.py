@@ -194,3 +194,14 @@ def test_overrides_do_not_change_their_input():
 ])
 def test_bad_overrides(override, message):
     assert config_error(overrides=[override]) == message
+
+
+def test_bare_off_and_on_are_choices_not_booleans(tmp_path):
+    # YAML 1.1 reads a bare `off` as False: in a choice field it means the choice "off".
+    cfg = load_config(None, ["train.amp=off", "train.fused_optimizer=on"])
+    assert (cfg.train.amp, cfg.train.fused_optimizer) == ("off", "on")
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n  fused_optimizer: off\n")
+    assert (load_config(path).train.amp, load_config(path).train.fused_optimizer) == ("off", "off")
+    with pytest.raises(ConfigError, match="train.schedule: must be one of 'cosine', 'constant'"):
+        load_config(None, ["train.schedule=off"])

@@ -128,3 +128,29 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert_same_run(Path(second["run_dir"]), Path(first["run_dir"]))
     other = train(None, overrides=tiny_overrides(tmp_path / "c", seed=1))
     assert comparable(read_metrics(other["run_dir"])) != comparable(read_metrics(first["run_dir"]))
+
+
+@pytest.mark.parametrize("rule,expected", [("none", 1e-3), ("linear", 4e-3), ("sqrt", 2e-3)])
+def test_learning_rate_scales_with_the_batch(tmp_path, rule, expected):
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"train.lr_scaling": rule, "train.lr_reference_batch": 32,
+                                                       "train.knn_every": 0}))
+    trainer = Trainer(cfg, tmp_path / rule, train_data=synthetic(channels=1, size=28))
+    for peer in trainer.peers:
+        assert peer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_fused_optimizer_takes_the_same_steps(tmp_path, optimizer):
+    """The fused kernel is a speed path only: three steps land on the same weights as the default."""
+    data = synthetic(channels=1, size=28)
+    trained = []
+    for fused in ("off", "on"):
+        cfg = load_config(None, tiny_overrides(tmp_path, **{"train.fused_optimizer": fused, "train.knn_every": 0,
+                                                           "train.optimizer": optimizer, "train.amp": "off"}))
+        trainer = Trainer(cfg, tmp_path / fused, train_data=data)
+        assert trainer.peers[0].optimizer.defaults.get("fused") is (True if fused == "on" else None)
+        for i in range(3):
+            trainer.train_step(trainer.images[32 * i:32 * (i + 1)])
+        trained.append([p for peer in trainer.peers for p in peer.model.parameters()])
+    for a, b in zip(*trained):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
