@@ -174,7 +174,8 @@ class Trainer:
         return path
 
     def _build_peer(self, p) -> Peer:
-        model = build_model(p, self.train_data.channels, self.cfg.data.image_size).to(self.device)
+        model = build_model(p, self.train_data.channels, self.cfg.data.image_size,
+                            self.cfg.train.bn_views).to(self.device)
         if self.cfg.train.channels_last:  # faster convolutions on CUDA and on the CPU alike
             model = model.to(memory_format=torch.channels_last)
         t = self.cfg.train

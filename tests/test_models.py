@@ -225,3 +225,51 @@ def test_build_model_resnet():
     assert isinstance(model.backbone, ResNetBackbone) and model.feature_dim == 512
     assert isinstance(model.backbone.net.maxpool, nn.Identity)
     assert _linear_shapes(model.projector) == [(512, 512), (512, 128)]
+
+
+@pytest.mark.parametrize("objective", ["simclr", "simsiam"])
+def test_bn_views_per_view_runs_each_view_separately_and_joint_concatenates(objective):
+    import copy
+
+    peer = PeerConfig(backbone="cnn", width=4, objective=objective, projection_dim=16, predictor_hidden_dim=8,
+                      hidden_dim=16)
+    x1, x2 = _images(6, 1, 12, seed=1), _images(6, 1, 12, seed=2)
+    torch.manual_seed(0)
+    per_view = build_model(peer, 1, 12, bn_views="per_view").train()
+    joint = copy.deepcopy(per_view)
+    joint.bn_views = "joint"
+    reference = copy.deepcopy(per_view)
+
+    def heads(model, x):
+        z = model.projector(model.backbone(x))
+        return z, (model.predictor(z) if model.predictor is not None else None)
+
+    out = per_view(x1, x2)
+    (z1, p1), (z2, p2) = heads(reference, x1), heads(reference, x2)
+    torch.testing.assert_close(out.z1, z1, rtol=0, atol=0)
+    torch.testing.assert_close(out.z2, z2, rtol=0, atol=0)
+    if objective == "simsiam":
+        torch.testing.assert_close(out.p1, p1, rtol=0, atol=0)
+        torch.testing.assert_close(out.p2, p2, rtol=0, atol=0)
+    # running statistics: updated twice per call per view, once when joint
+    bn = [m for m in per_view.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    assert bn.num_batches_tracked.item() == 2
+    torch.testing.assert_close(bn.running_mean, [m for m in reference.modules()
+                                                 if isinstance(m, nn.BatchNorm2d)][0].running_mean)
+    joint(x1, x2)
+    assert [m for m in joint.modules() if isinstance(m, nn.BatchNorm2d)][0].num_batches_tracked.item() == 1
+    with pytest.raises(ConfigError, match="bn_views"):
+        build_model(peer, 1, 12, bn_views="separate")
+
+
+def test_bn_views_joint_equals_one_pass_over_both_views():
+    import copy
+
+    peer = PeerConfig(backbone="cnn", width=4, objective="simclr", projection_dim=16, hidden_dim=16)
+    x1, x2 = _images(5, 1, 12, seed=3), _images(5, 1, 12, seed=4)
+    torch.manual_seed(0)
+    model = build_model(peer, 1, 12).train()
+    reference = copy.deepcopy(model)
+    out = model(x1, x2)
+    z = reference.projector(reference.backbone(torch.cat([x1, x2])))
+    torch.testing.assert_close(torch.cat([out.z1, out.z2]), z, rtol=0, atol=0)
