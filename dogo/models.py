@@ -7,15 +7,13 @@ no max-pool); without it SimCLR on 32 px images loses more than 10 points.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torchvision
 from torch import nn
 
 from .config import PeerConfig
 from .errors import ConfigError
-from .losses import nt_xent, simsiam_loss
+from .objective import ViewOutputs, distill_pair  # noqa: F401 (distill_pair: its old home)
 
 CIFAR_STEM_BELOW = 100  # px
 
@@ -116,18 +114,6 @@ def simsiam_predictor(dim: int = 2048, hidden_dim: int = 512) -> nn.Sequential:
     )
 
 
-@dataclass
-class ViewOutputs:
-    """What one model computes for two views of the same batch: features h, projections z, predictions p."""
-
-    h1: torch.Tensor
-    h2: torch.Tensor
-    z1: torch.Tensor
-    z2: torch.Tensor
-    p1: torch.Tensor | None = None
-    p2: torch.Tensor | None = None
-
-
 BN_VIEWS = ("joint", "per_view")
 
 
@@ -179,29 +165,6 @@ class SSLModel(nn.Module):
             h[:batch], h[batch:], z[:batch], z[batch:],
             None if p is None else p[:batch], None if p is None else p[batch:],
         )
-
-    def ssl_loss(self, out: ViewOutputs) -> torch.Tensor:
-        if self.objective == "simclr":
-            return nt_xent(out.z1.float(), out.z2.float(), self.temperature)
-        return simsiam_loss(out.p1.float(), out.p2.float(), out.z1.float(), out.z2.float())
-
-    def distill_views(self) -> str:
-        """Which head output this model distils with: the projection (SimCLR) or prediction (SimSiam)."""
-        return "z" if self.objective == "simclr" else "p"
-
-
-def distill_pair(own: SSLModel, own_out: ViewOutputs, peer: SSLModel, peer_out: ViewOutputs):
-    """The (own1, own2, peer1, peer2) tensors that ``similarity_distill`` compares for ``own``.
-
-    SimCLR distils its projection, SimSiam its prediction. When both peers are SimSiam, the own
-    prediction is matched against the peer's projection (as SimSiam itself matches p against z).
-    """
-    own_key = own.distill_views()
-    peer_key = "z" if (own.objective == "simsiam" and peer.objective == "simsiam") else peer.distill_views()
-    return (
-        getattr(own_out, own_key + "1").float(), getattr(own_out, own_key + "2").float(),
-        getattr(peer_out, peer_key + "1").float(), getattr(peer_out, peer_key + "2").float(),
-    )
 
 
 def build_model(peer: PeerConfig, in_channels: int, image_size: int, bn_views: str = "joint") -> SSLModel:

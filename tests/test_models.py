@@ -18,14 +18,13 @@ from dogo.models import (
     ResNetBackbone,
     SmallCNN,
     SSLModel,
-    ViewOutputs,
     build_backbone,
     build_model,
-    distill_pair,
     simclr_projector,
     simsiam_predictor,
     simsiam_projector,
 )
+from dogo.objective import ViewOutputs, distill_pair, ssl_loss
 
 
 def _images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -165,7 +164,7 @@ def test_simclr_forward_shapes_and_loss():
     out = model(x1, x2)
     assert torch.allclose(out.h1, model.backbone(x1), atol=1e-6)
     assert torch.allclose(out.z2, model.projector(model.backbone(x2)), atol=1e-6)
-    assert torch.equal(model.ssl_loss(out), nt_xent(out.z1, out.z2, model.temperature))
+    assert torch.equal(ssl_loss("simclr", out, model.temperature), nt_xent(out.z1, out.z2, model.temperature))
 
 
 def test_simsiam_forward_shapes_and_loss():
@@ -173,7 +172,7 @@ def test_simsiam_forward_shapes_and_loss():
     out = model(_images(4, 1, 12, seed=3), _images(4, 1, 12, seed=4))
     assert out.h1.shape == (4, 16) and out.z1.shape == out.z2.shape == (4, 16)
     assert out.p1.shape == out.p2.shape == (4, 16)
-    assert torch.equal(model.ssl_loss(out), simsiam_loss(out.p1, out.p2, out.z1, out.z2))
+    assert torch.equal(ssl_loss("simsiam", out), simsiam_loss(out.p1, out.p2, out.z1, out.z2))
 
 
 def _fake_outputs(tag: float) -> ViewOutputs:
@@ -191,6 +190,7 @@ def test_distill_pair_picks_the_head_outputs(own_objective, peer_objective, own_
     own, peer = _tiny_model(own_objective), _tiny_model(peer_objective)
     own_out, peer_out = _fake_outputs(0.0), _fake_outputs(100.0)
     picked = distill_pair(own, own_out, peer, peer_out)
+    assert all(torch.equal(a, b) for a, b in zip(picked, distill_pair(own_objective, own_out, peer_objective, peer_out)))
     expected = (getattr(own_out, own_key + "1"), getattr(own_out, own_key + "2"),
                 getattr(peer_out, peer_key + "1"), getattr(peer_out, peer_key + "2"))
     assert len(picked) == 4
