@@ -21,7 +21,8 @@ Protocols (all on frozen backbone features; the encoder never changes):
 - ``corruptions``: the clean probe scored on corrupted test sets (8 corruptions x 5 severities), on
   the published CIFAR-10-C severity ladder (``corruption_ladder="cifar10c"``) or the kit's stronger
   one (``"strong"``); every row names its ladder in the ``ladder`` column.
-- ``tsne``: a 2-D t-SNE of class-balanced test features, drawn per peer; its silhouette is logged.
+- ``tsne``: a 2-D t-SNE of class-balanced test features, drawn per peer; the silhouette score of the
+  same points is computed in feature space (L2-normalised features), not on the t-SNE coordinates.
 
 Features are extracted once per (checkpoint, peer, dataset, split, limit), with the backbone in eval
 mode (BatchNorm folded into the convolutions), the test transform, no gradients, on the best device;
@@ -33,7 +34,6 @@ metric, seed) and is written to ``<run>/eval/results.csv`` and ``results.json`` 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -51,7 +51,7 @@ from .augment import TestTransform
 from .config import Config, from_dict
 from .data import STATS, ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, DataError, DogoError
-from .features import extract_features
+from .features import extract_features, fold_batchnorm, knn_accuracy
 from .models import SSLModel, build_model
 from .probes import (
     LinearProbe,
@@ -60,7 +60,6 @@ from .probes import (
     cpu_threads,
     fit_linear_probe,
     flip_map,
-    knn_eval,
     one_thread_is_better,
     symmetric_label_noise,
 )
@@ -77,7 +76,8 @@ COLUMNS = ["run", "peer", "protocol", "setting", "group", "level", "metric", "va
 class LoadedRun(dict):
     """Peer name -> ``SSLModel`` in eval mode, plus what the evaluation needs to know about the run:
     ``config`` (the checkpoint's own ``Config``), ``checkpoint`` and ``run_dir`` paths, ``epoch``,
-    ``finished``, ``in_channels``, ``device`` and ``fingerprint`` (path, mtime, size: the cache key)."""
+    ``finished``, ``in_channels``, ``mean`` and ``std`` (the normalisation the encoder was trained with),
+    ``device`` and ``fingerprint`` (path, mtime, size: the cache key)."""
 
     config: Config
     checkpoint: Path
@@ -85,6 +85,8 @@ class LoadedRun(dict):
     epoch: int
     finished: bool
     in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     device: torch.device
     fingerprint: tuple
 
@@ -151,6 +153,7 @@ def load_run(run_dir_or_checkpoint: str | Path, device: str | torch.device | Non
     run.epoch = int(state.get("epoch", 0))
     run.finished = bool(state.get("finished", False))
     run.in_channels = in_channels
+    run.mean, run.std = _input_statistics(state, cfg.data.dataset, in_channels)
     run.device = dev
     stat = path.stat()
     run.fingerprint = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -182,26 +185,30 @@ def _inference_backbone(run: LoadedRun, peer: str) -> torch.nn.Module:
     convolutions (same numbers, fewer passes over memory), channels-last layout."""
     key = (run.fingerprint, peer, str(run.device))
     if key not in _BACKBONES:
-        backbone = copy.deepcopy(run[peer].backbone).eval()
-        try:
-            from torch.fx.experimental.optimization import fuse
-
-            backbone = fuse(backbone)
-        except Exception:  # a backbone fx cannot trace still works, just unfused
-            pass
-        _BACKBONES[key] = backbone.to(run.device, memory_format=torch.channels_last)
+        _BACKBONES[key] = fold_batchnorm(run[peer].backbone).to(run.device, memory_format=torch.channels_last)
     return _BACKBONES[key]
 
 
+def _input_statistics(state: dict, dataset: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std the encoder was trained with: stored in the checkpoint (under
+    ``input``); checkpoints written before that use the named dataset's statistics (0.5 when the
+    channel count does not match)."""
+    stored = state.get("input")
+    if isinstance(stored, dict) and "mean" in stored and "std" in stored:
+        return tuple(float(m) for m in stored["mean"]), tuple(float(s) for s in stored["std"])
+    mean, std = STATS.get(dataset, ((0.5,), (0.5,)))
+    if len(mean) != in_channels:
+        mean, std = (0.5,) * in_channels, (0.5,) * in_channels
+    return tuple(mean), tuple(std)
+
+
 def encoder_transform(run: LoadedRun) -> TestTransform:
-    """The test transform the encoder was trained with: its input size and its dataset's statistics.
+    """The test transform the encoder was trained with: its input size and its training data's
+    normalisation (from the checkpoint).
 
     Other datasets (transfer, corruptions) go through the same transform: the encoder is a fixed
     function of its normalised input."""
-    mean, std = STATS.get(run.config.data.dataset, ((0.5,), (0.5,)))
-    if len(mean) != run.in_channels:
-        mean, std = (0.5,) * run.in_channels, (0.5,) * run.in_channels
-    return TestTransform(run.config.data.image_size, tuple(mean), tuple(std))
+    return TestTransform(run.config.data.image_size, run.mean, run.std)
 
 
 def peer_features(run: LoadedRun, peer: str, data: ImageDataset, *, limit: int | None = None, variant: str = "clean",
@@ -232,13 +239,8 @@ def peer_features(run: LoadedRun, peer: str, data: ImageDataset, *, limit: int |
             except Exception:  # an unreadable cache file is simply recomputed
                 pass
     images = adapt_channels(data.images, run.in_channels)
-    tf = encoder_transform(run)
-    backbone = _inference_backbone(run, peer)
-
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return tf(x).contiguous(memory_format=torch.channels_last)
-
-    feats = extract_features(backbone, images, transform, batch_size=batch_size, device=run.device)
+    feats = extract_features(_inference_backbone(run, peer), images, encoder_transform(run), batch_size=batch_size,
+                             device=run.device, channels_last=True)
     if remember:
         _remember(key, feats)
     if file is not None:
@@ -506,7 +508,7 @@ def _clean_probe(ctx: _Context, peer: str, ftr: torch.Tensor) -> LinearProbe:
 
 def _run_knn(ctx, peer, ftr, fte):
     s = ctx.settings
-    metrics = knn_eval(ftr, ctx.train.labels, fte, ctx.test.labels, ctx.train.num_classes, s.knn_k, s.knn_temperature)
+    metrics = knn_accuracy(ftr, ctx.train.labels, fte, ctx.test.labels, ctx.train.num_classes, s.knn_k, s.knn_temperature)
     ctx.add(peer, "knn", f"k={s.knn_k} T={s.knn_temperature:g}", metrics, level=s.knn_k)
 
 
@@ -619,7 +621,11 @@ def _run_tsne(ctx, peer, ftr, fte):
         _EMBEDDINGS[key] = tsne_embed(fte, ctx.test.labels, points, ctx.seeds[0])
     emb, lab = _EMBEDDINGS[key]
     ctx.embeddings[peer] = (emb, lab)
-    score = silhouette_score(emb, lab) if len(np.unique(lab)) > 1 else math.nan
+    # The silhouette is measured on the features of the same points (L2-normalised, the geometry of
+    # the kNN and the losses), not on the t-SNE coordinates, whose distances mean little.
+    idx = balanced_indices(ctx.test.labels, points, ctx.seeds[0])
+    feats = torch.nn.functional.normalize(fte[idx].float(), dim=1).numpy()
+    score = silhouette_score(feats, lab) if len(np.unique(lab)) > 1 else math.nan
     ctx.add(peer, "tsne", f"{len(lab)} points", {"silhouette": score}, seed=ctx.seeds[0], n_test=len(lab))
 
 
@@ -807,7 +813,7 @@ def format_summary(df: pd.DataFrame) -> str:
         table = sub.assign(cell=cell).pivot_table(index="model", columns="setting", values="cell", aggfunc="first",
                                                   sort=False)
         table = table.reindex(index=list(dict.fromkeys(sub["model"])), columns=list(dict.fromkeys(sub["setting"])))
-        unit = "silhouette of the 2-D embedding" if metric == "silhouette" else "top-1 %"
+        unit = "silhouette in feature space" if metric == "silhouette" else "top-1 %"
         blocks.append(f"{protocol} ({unit})\n{table.to_string()}")
     return "\n\n".join(blocks)
 

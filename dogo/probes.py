@@ -14,7 +14,6 @@ extraction serves every protocol:
   of their scheduler; their template's ``eval.epochs`` is 2); the test set is scored in full (their
   test loader drops the last batch); validation accuracy is divided by the validation-set size
   (their code divides by a different count); the split is stratified and seeded.
-- ``knn_eval``: the weighted kNN monitor (``dogo.features.knn_predict``) as top-1/top-5.
 - ``class_balanced_subset``: the 1 % / 10 % label subsets (same count per class, seeded).
 - ``symmetric_label_noise`` / ``asymmetric_label_noise``: exact, seeded label corruption. The noisy-label
   protocol flips exactly round(r * N) training labels, each to a different class (never back to its
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .features import knn_predict
+from .features import report_ks, topk_accuracy
 
 Tensor = torch.Tensor
 
@@ -79,31 +78,6 @@ def _generator(seed: int) -> torch.Generator:
 
 def _num_classes(*label_sets: Tensor) -> int:
     return int(max(int(y.max()) for y in label_sets if len(y)) + 1)
-
-
-# --------------------------------------------------------------------------------- accuracy
-
-
-def topk_accuracy(scores: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Top-k accuracy in % for each k in ``ks`` that is smaller than the number of classes
-    (top-k with k >= classes is always 100 % and says nothing), plus top-1 always.
-
-    ``scores`` (N, C), ``labels`` (N,). Returns e.g. ``{"top1": 91.2, "top5": 99.5}``.
-    """
-    labels = labels.to(scores.device)
-    num_classes = scores.shape[1]
-    out = {}
-    ranked = scores.topk(min(max(ks), num_classes), dim=1).indices
-    for k in ks:
-        if k == 1 or k < num_classes:
-            hit = (ranked[:, :k] == labels.view(-1, 1)).any(dim=1)
-            out[f"top{k}"] = 100.0 * hit.float().mean().item() if len(labels) else float("nan")
-    return out
-
-
-def report_ks(num_classes: int) -> tuple[int, ...]:
-    """Top-1 always; top-5 too where there are more than 10 classes (the field's convention)."""
-    return (1, 5) if num_classes > 10 else (1,)
 
 
 # --------------------------------------------------------------------------------- label subsets
@@ -203,17 +177,6 @@ def flip_map(dataset: str, num_classes: int) -> dict[int, int]:
     if dataset in FLIP_MAPS:
         return dict(FLIP_MAPS[dataset])
     return {c: (c + 1) % num_classes for c in range(num_classes)}
-
-
-# --------------------------------------------------------------------------------- kNN
-
-
-def knn_eval(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, num_classes: int | None = None,
-             k: int = 200, temperature: float = 0.1) -> dict[str, float]:
-    """Weighted kNN (cosine, exp(sim / temperature) votes) top-1, and top-5 where classes > 10."""
-    num_classes = num_classes or _num_classes(bank_labels, query_labels)
-    scores = knn_predict(bank, bank_labels, queries, num_classes, k=k, temperature=temperature)
-    return topk_accuracy(scores, query_labels, report_ks(num_classes))
 
 
 # --------------------------------------------------------------------------------- linear probe

@@ -253,7 +253,7 @@ class Trainer:
             fb = extract_features(peer.model.backbone, bank.images, self.test_transform, device=self.device)
             fq = extract_features(peer.model.backbone, queries.images, self.test_transform, device=self.device)
             result[peer.name] = knn_accuracy(fb, bank.labels, fq, queries.labels, bank.num_classes,
-                                             t.knn_k, t.knn_temperature)
+                                             t.knn_k, t.knn_temperature)["top1"]
         return result
 
     def _check_finite(self) -> None:
@@ -290,6 +290,9 @@ class Trainer:
             },
             "scaler": self.scaler.state_dict(),
             "rng": rng,
+            # The encoder's input: what evaluation needs to feed it as in training (own data included).
+            "input": {"mean": list(self.train_data.mean), "std": list(self.train_data.std),
+                      "channels": self.train_data.channels, "image_size": self.cfg.data.image_size},
             "finished": self.epoch >= self.cfg.train.epochs,
         }
 

@@ -24,7 +24,7 @@ from dogo.evaluate import (
     peer_features,
     tsne_plot,
 )
-from dogo.features import extract_features
+from dogo.features import extract_features, knn_accuracy, topk_accuracy
 from dogo.models import build_model
 from dogo.probes import (
     DEFAULT_WEIGHT_DECAY,
@@ -33,9 +33,7 @@ from dogo.probes import (
     linear_probe,
     stratified_split,
     symmetric_label_noise,
-    topk_accuracy,
 )
-from dogo.probes import knn_eval as probes_knn_eval
 from dogo.shift import adapt_channels
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -113,12 +111,12 @@ def test_knn_with_the_bank_as_queries_is_exact():
     gen = torch.Generator().manual_seed(0)
     bank = torch.randn(500, 16, generator=gen)
     labels = torch.randint(0, 15, (500,), generator=gen)  # random labels: only the self-match is right
-    result = probes_knn_eval(bank, labels, bank, labels, 15, k=1)
+    result = knn_accuracy(bank, labels, bank, labels, 15, k=1)
     assert result == {"top1": 100.0, "top5": 100.0}
     # The monitor's defaults (k = 200 > class size, temperature 0.1) on separated clusters: the other
     # classes' neighbours (cosine ~ 0) are outvoted by the own class (cosine ~ 1): exact again.
     x, y = clusters(50)
-    assert probes_knn_eval(x, y, x, y)["top1"] == 100.0
+    assert knn_accuracy(x, y, x, y)["top1"] == 100.0
 
 
 # ----------------------------------------------------------------------------- label manipulations
