@@ -12,8 +12,8 @@
 What is timed is the kit's own code path: ``dogo.evaluate.peer_features`` (eval mode, BatchNorm folded,
 channels-last, batches of 1024, no cache), ``dogo.probes.linear_probe`` (standardise, weight decay
 chosen on a 15 % validation split from 5 values, refit on all 60k, score on 10k),
-``dogo.probes.knn_eval`` and ``dogo.evaluate.tsne_embed`` (PCA to 50, scikit-learn Barnes-Hut). kNN is timed twice: on the
-512-d features and on the CNN's own 128-d features.
+``dogo.features.knn_accuracy`` and ``dogo.evaluate.tsne_embed`` (PCA to 50, scikit-learn Barnes-Hut).
+kNN is timed twice: on the 512-d features and on the CNN's own 128-d features.
 Speed does not depend on training, so an untrained network is as good as a trained one here.
 
 The small CNN (width 32) gives 128-d features; the 512-d features of the probe and kNN rows are a
@@ -87,7 +87,8 @@ def run(run_dir: str | None = None, width: int = 32, train_limit: int | None = N
         queries: int = 10_000, tsne_points: int = 5_000, device: str = "cpu", authors: bool = False) -> dict:
     from dogo.data import load_dataset
     from dogo.evaluate import clear_cache, load_run, peer_features, tsne_embed
-    from dogo.probes import knn_eval, linear_probe
+    from dogo.features import knn_accuracy
+    from dogo.probes import linear_probe
 
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +119,7 @@ def run(run_dir: str | None = None, width: int = 32, train_limit: int | None = N
         # kNN cost is one (queries x bank x dim) float32 product: timed on the 512-d features and on
         # the small CNN's own features.
         for bank, query in ((xtr, xte), (ftr, fte)) if ftr.shape[1] != xtr.shape[1] else ((xtr, xte),):
-            knn = timed("knn", lambda b=bank, x=query: knn_eval(b, train.labels, x[:q], test.labels[:q], 10, k=200),
+            knn = timed("knn", lambda b=bank, x=query: knn_accuracy(b, train.labels, x[:q], test.labels[:q], 10, k=200),
                         results, bank=tuple(bank.shape), queries=q)
             results[-1]["top1"] = knn["top1"]
         n = min(tsne_points, len(fte))

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from dogo.losses import simsiam_loss
-from dogo.models import SSLModel, ViewOutputs, distill_pair
+from dogo.models import SSLModel
+from dogo.objective import ViewOutputs, distill_pair
 
 Tensor = torch.Tensor
 

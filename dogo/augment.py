@@ -172,6 +172,7 @@ class ViewAugment:
     jitter_strength: float = 1.0
     jitter_prob: float = 0.8
     grayscale_prob: float = 0.2
+    grayscale_passes: int = 1  # independent grayscale draws: effective probability 1 - (1 - p)^passes
     blur: bool = False
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
@@ -179,7 +180,8 @@ class ViewAugment:
         x = random_resized_crop_flip(x, self.image_size, self.crop_scale, self.flip, generator)
         if self.jitter_strength > 0 and self.jitter_prob > 0:
             x = color_jitter(x, self.jitter_strength, self.jitter_prob, generator)
-        x = random_grayscale(x, self.grayscale_prob, generator)
+        for _ in range(self.grayscale_passes):
+            x = random_grayscale(x, self.grayscale_prob, generator)
         if self.blur:
             x = random_gaussian_blur(x, generator)
         return normalize(x, self.mean, self.std)
@@ -202,13 +204,19 @@ class TestTransform:
 
 
 def view_augment_for(objective: str, image_size: int, mean, std, cfg=None) -> ViewAugment:
-    """The SimCLR or SimSiam view recipe (SimSiam: jitter strength 0.5), with an AugmentConfig's overrides."""
+    """The SimCLR or SimSiam view recipe (SimSiam: jitter strength 0.5), with an AugmentConfig's overrides.
+
+    The authors' SimSiam transform applies RandomGrayscale(p) twice, inside the colour distortion and
+    again after it, so a SimSiam view is grayscale with probability 1 - (1 - p)^2 (0.36 for p = 0.2);
+    ``augment.simsiam_grayscale_twice: true`` reproduces that with two independent draws.
+    """
     strength = 1.0 if objective == "simclr" else 0.5
     blur = image_size >= 224
     kwargs = {}
     if cfg is not None:
         strength = cfg.jitter_strength if cfg.jitter_strength is not None else strength
         blur = cfg.blur if cfg.blur is not None else blur
+        twice = objective == "simsiam" and cfg.simsiam_grayscale_twice
         kwargs = dict(crop_scale=(cfg.crop_scale_min, 1.0), flip=cfg.flip, jitter_prob=cfg.jitter_prob,
-                      grayscale_prob=cfg.grayscale_prob)
+                      grayscale_prob=cfg.grayscale_prob, grayscale_passes=2 if twice else 1)
     return ViewAugment(image_size, tuple(mean), tuple(std), jitter_strength=strength, blur=blur, **kwargs)

@@ -46,6 +46,9 @@ class AugmentConfig:
     jitter_strength: float | None = field(default=None, metadata=_check(ge=0.0))  # None: per objective
     jitter_prob: float = field(default=0.8, metadata=_check(ge=0.0, le=1.0))
     grayscale_prob: float = field(default=0.2, metadata=_check(ge=0.0, le=1.0))
+    # The authors' SimSiam transform applies RandomGrayscale(grayscale_prob) twice (inside the colour
+    # distortion and after it): an effective probability of 1 - (1 - p)^2, 0.36 for p = 0.2.
+    simsiam_grayscale_twice: bool = False
     blur: bool | None = None  # None: only at image_size >= 224, as in SimCLR
     share_views: bool = False  # True: all peers see the same two views (the method gives each its own)
 
@@ -85,6 +88,10 @@ class TrainConfig:
     warmup_epochs: float = field(default=0.0, metadata=_check(ge=0.0))
     min_lr_ratio: float = field(default=0.0, metadata=_check(ge=0.0, le=1.0))
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off elsewhere
+    # How both views pass through each network: "joint" (one pass over 2B images, BatchNorm statistics
+    # over 2B; the default because one pass is faster) or "per_view" (one pass per view, statistics over
+    # B and running statistics updated twice per step, as the authors' code does).
+    bn_views: Literal["joint", "per_view"] = "joint"
     channels_last: bool = True
     compile: bool = False  # torch.compile each peer's model
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs

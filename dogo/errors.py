@@ -19,3 +19,11 @@ class CheckpointError(DogoError, RuntimeError):
 
 class NonFiniteLossError(DogoError, FloatingPointError):
     """A loss became NaN or infinite; the message names the peer and the term."""
+
+
+def did_you_mean(name: object, choices) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to ``name``, or ``""`` if none is close."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""

@@ -10,12 +10,19 @@ Protocols (all on frozen backbone features; the encoder never changes):
 
 - ``knn``: weighted kNN monitor (cosine, k = 200, temperature 0.1, train features as the bank).
 - ``linear``: linear probe (``dogo.probes``), ``fast`` or the ``authors`` protocol, scored once on
-  the full test set.
+  the full test set. ``authors``: Adam 3e-4, weight decay 1e-6, batch 64, 85/15 split, best
+  validation epoch, ``probe_epochs`` epochs (default 100; their template's ``eval.epochs`` is 2),
+  with their defects fixed (full test set, validation accuracy over the validation-set size).
 - ``limited``: the probe on class-balanced 1 % and 10 % label subsets, one per seed.
 - ``noisy``: the probe on labels with symmetric (and optionally asymmetric) noise, clean test set.
+  Exactly round(r * N) training labels are flipped, each to a different class; the probe's
+  validation split sees the same noisy labels (the realistic setting).
 - ``transfer``: the probe trained and tested on another dataset (Fashion-MNIST -> digits offline).
-- ``corruptions``: the clean probe scored on corrupted test sets (8 corruptions x 5 severities).
-- ``tsne``: a 2-D t-SNE of class-balanced test features, drawn per peer; its silhouette is logged.
+- ``corruptions``: the clean probe scored on corrupted test sets (8 corruptions x 5 severities), on
+  the published CIFAR-10-C severity ladder (``corruption_ladder="cifar10c"``) or the kit's stronger
+  one (``"strong"``); every row names its ladder in the ``ladder`` column.
+- ``tsne``: a 2-D t-SNE of class-balanced test features, drawn per peer; the silhouette score of the
+  same points is computed in feature space (L2-normalised features), not on the t-SNE coordinates.
 
 Features are extracted once per (checkpoint, peer, dataset, split, limit), with the backbone in eval
 mode (BatchNorm folded into the convolutions), the test transform, no gradients, on the best device;
@@ -27,7 +34,6 @@ metric, seed) and is written to ``<run>/eval/results.csv`` and ``results.json`` 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -45,7 +51,7 @@ from .augment import TestTransform
 from .config import Config, from_dict
 from .data import STATS, ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, DataError, DogoError
-from .features import extract_features
+from .features import extract_features, fold_batchnorm, knn_accuracy
 from .models import SSLModel, build_model
 from .probes import (
     LinearProbe,
@@ -54,16 +60,15 @@ from .probes import (
     cpu_threads,
     fit_linear_probe,
     flip_map,
-    knn_eval,
     one_thread_is_better,
     symmetric_label_noise,
 )
 from .runlog import find_checkpoint, load_checkpoint
-from .shift import CORRUPTIONS, TRANSFER_TARGETS, adapt_channels, corrupt
+from .shift import CORRUPTIONS, DEFAULT_LADDER, LADDERS, TRANSFER_TARGETS, adapt_channels, check_ladder, corrupt
 
 PROTOCOLS = ("knn", "linear", "limited", "noisy", "transfer", "corruptions", "tsne")
 COLUMNS = ["run", "peer", "protocol", "setting", "group", "level", "metric", "value", "seed", "dataset",
-           "n_train", "n_test", "backbone", "width", "objective", "epoch", "run_dir"]
+           "n_train", "n_test", "backbone", "width", "objective", "epoch", "run_dir", "ladder"]
 
 # ============================================================================ loading checkpoints
 
@@ -71,7 +76,8 @@ COLUMNS = ["run", "peer", "protocol", "setting", "group", "level", "metric", "va
 class LoadedRun(dict):
     """Peer name -> ``SSLModel`` in eval mode, plus what the evaluation needs to know about the run:
     ``config`` (the checkpoint's own ``Config``), ``checkpoint`` and ``run_dir`` paths, ``epoch``,
-    ``finished``, ``in_channels``, ``device`` and ``fingerprint`` (path, mtime, size: the cache key)."""
+    ``finished``, ``in_channels``, ``mean`` and ``std`` (the normalisation the encoder was trained with),
+    ``device`` and ``fingerprint`` (path, mtime, size: the cache key)."""
 
     config: Config
     checkpoint: Path
@@ -79,6 +85,8 @@ class LoadedRun(dict):
     epoch: int
     finished: bool
     in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     device: torch.device
     fingerprint: tuple
 
@@ -145,6 +153,7 @@ def load_run(run_dir_or_checkpoint: str | Path, device: str | torch.device | Non
     run.epoch = int(state.get("epoch", 0))
     run.finished = bool(state.get("finished", False))
     run.in_channels = in_channels
+    run.mean, run.std = _input_statistics(state, cfg.data.dataset, in_channels)
     run.device = dev
     stat = path.stat()
     run.fingerprint = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -176,26 +185,30 @@ def _inference_backbone(run: LoadedRun, peer: str) -> torch.nn.Module:
     convolutions (same numbers, fewer passes over memory), channels-last layout."""
     key = (run.fingerprint, peer, str(run.device))
     if key not in _BACKBONES:
-        backbone = copy.deepcopy(run[peer].backbone).eval()
-        try:
-            from torch.fx.experimental.optimization import fuse
-
-            backbone = fuse(backbone)
-        except Exception:  # a backbone fx cannot trace still works, just unfused
-            pass
-        _BACKBONES[key] = backbone.to(run.device, memory_format=torch.channels_last)
+        _BACKBONES[key] = fold_batchnorm(run[peer].backbone).to(run.device, memory_format=torch.channels_last)
     return _BACKBONES[key]
 
 
+def _input_statistics(state: dict, dataset: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std the encoder was trained with: stored in the checkpoint (under
+    ``input``); checkpoints written before that use the named dataset's statistics (0.5 when the
+    channel count does not match)."""
+    stored = state.get("input")
+    if isinstance(stored, dict) and "mean" in stored and "std" in stored:
+        return tuple(float(m) for m in stored["mean"]), tuple(float(s) for s in stored["std"])
+    mean, std = STATS.get(dataset, ((0.5,), (0.5,)))
+    if len(mean) != in_channels:
+        mean, std = (0.5,) * in_channels, (0.5,) * in_channels
+    return tuple(mean), tuple(std)
+
+
 def encoder_transform(run: LoadedRun) -> TestTransform:
-    """The test transform the encoder was trained with: its input size and its dataset's statistics.
+    """The test transform the encoder was trained with: its input size and its training data's
+    normalisation (from the checkpoint).
 
     Other datasets (transfer, corruptions) go through the same transform: the encoder is a fixed
     function of its normalised input."""
-    mean, std = STATS.get(run.config.data.dataset, ((0.5,), (0.5,)))
-    if len(mean) != run.in_channels:
-        mean, std = (0.5,) * run.in_channels, (0.5,) * run.in_channels
-    return TestTransform(run.config.data.image_size, tuple(mean), tuple(std))
+    return TestTransform(run.config.data.image_size, run.mean, run.std)
 
 
 def peer_features(run: LoadedRun, peer: str, data: ImageDataset, *, limit: int | None = None, variant: str = "clean",
@@ -226,13 +239,8 @@ def peer_features(run: LoadedRun, peer: str, data: ImageDataset, *, limit: int |
             except Exception:  # an unreadable cache file is simply recomputed
                 pass
     images = adapt_channels(data.images, run.in_channels)
-    tf = encoder_transform(run)
-    backbone = _inference_backbone(run, peer)
-
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return tf(x).contiguous(memory_format=torch.channels_last)
-
-    feats = extract_features(backbone, images, transform, batch_size=batch_size, device=run.device)
+    feats = extract_features(_inference_backbone(run, peer), images, encoder_transform(run), batch_size=batch_size,
+                             device=run.device, channels_last=True)
     if remember:
         _remember(key, feats)
     if file is not None:
@@ -405,6 +413,7 @@ class EvalSettings:
     noise_kinds: tuple[str, ...] = ("symmetric",)  # add "asymmetric" for class-pair flips (rates < 0.5)
     transfer_targets: tuple[str, ...] | None = None  # None: the defaults for the run's dataset, if present
     corruptions: tuple[str, ...] = CORRUPTIONS
+    corruption_ladder: str = DEFAULT_LADDER  # "cifar10c" (published CIFAR-10-C parameters) or "strong"
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     corruption_limit: int | None = None  # test images used per corruption (None: the whole test set)
     tsne_points: int = 2000
@@ -422,6 +431,7 @@ class EvalSettings:
         bad = [k for k in self.noise_kinds if k not in ("symmetric", "asymmetric")]
         if bad:
             raise ConfigError(f"noise_kinds: unknown {bad}; choose symmetric and/or asymmetric")
+        check_ladder(self.corruption_ladder)
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
         if bad:
             raise ConfigError(f"corruptions: unknown {bad}; choose from {', '.join(CORRUPTIONS)}")
@@ -458,7 +468,7 @@ class _Context:
 
     def add(self, peer: str, protocol: str, setting: str, metrics: dict[str, float], *, group: str = "",
             level: float = math.nan, seed: int | None = None, dataset: str | None = None,
-            n_train: int | None = None, n_test: int | None = None) -> None:
+            n_train: int | None = None, n_test: int | None = None, ladder: str = "") -> None:
         peer_cfg = next(p for p in self.run.config.peers if p.name == peer)
         for metric, value in metrics.items():
             if isinstance(value, (dict, str)) or value is None:
@@ -470,7 +480,7 @@ class _Context:
                 "n_train": n_train if n_train is not None else len(self.train),
                 "n_test": n_test if n_test is not None else len(self.test),
                 "backbone": peer_cfg.backbone, "width": peer_cfg.width, "objective": peer_cfg.objective,
-                "epoch": self.run.epoch, "run_dir": str(self.run.run_dir),
+                "epoch": self.run.epoch, "run_dir": str(self.run.run_dir), "ladder": ladder,
             })
 
     def probe_kwargs(self) -> dict[str, Any]:
@@ -498,7 +508,7 @@ def _clean_probe(ctx: _Context, peer: str, ftr: torch.Tensor) -> LinearProbe:
 
 def _run_knn(ctx, peer, ftr, fte):
     s = ctx.settings
-    metrics = knn_eval(ftr, ctx.train.labels, fte, ctx.test.labels, ctx.train.num_classes, s.knn_k, s.knn_temperature)
+    metrics = knn_accuracy(ftr, ctx.train.labels, fte, ctx.test.labels, ctx.train.num_classes, s.knn_k, s.knn_temperature)
     ctx.add(peer, "knn", f"k={s.knn_k} T={s.knn_temperature:g}", metrics, level=s.knn_k)
 
 
@@ -572,6 +582,7 @@ def _run_transfer(ctx, peer, ftr, fte):
 
 def _run_corruptions(ctx, peer, ftr, fte):
     s = ctx.settings
+    ladder = s.corruption_ladder
     probe = _clean_probe(ctx, peer, ftr)
     test = ctx.test
     if s.corruption_limit is not None and s.corruption_limit < len(test):
@@ -580,24 +591,25 @@ def _run_corruptions(ctx, peer, ftr, fte):
     else:
         clean = fte
     n = len(test)
+    common = {"seed": ctx.seeds[0], "n_test": n, "ladder": ladder}
     clean_metrics = probe.evaluate(clean, test.labels)
-    ctx.add(peer, "corruptions", "clean", clean_metrics, group="clean", level=0, seed=ctx.seeds[0], n_test=n)
+    ctx.add(peer, "corruptions", "clean", clean_metrics, group="clean", level=0, **common)
     per_level: dict[int, list[float]] = {sev: [] for sev in s.severities}
     for name in s.corruptions:
         for sev in s.severities:
-            images = corrupt(test.images, name, sev, seed=0)
+            images = corrupt(test.images, name, sev, seed=0, ladder=ladder)
             shifted = ImageDataset(test.name, images, test.labels, test.classes, test.mean, test.std, test.split)
-            feats = peer_features(ctx.run, peer, shifted, limit=ctx.limit, variant=f"{name}{sev}_{n}", remember=False)
+            feats = peer_features(ctx.run, peer, shifted, limit=ctx.limit, variant=f"{ladder}_{name}{sev}_{n}",
+                                  remember=False)
             metrics = probe.evaluate(feats, test.labels)
             per_level[sev].append(metrics["top1"])
-            ctx.add(peer, "corruptions", f"{name}-{sev}", metrics, group=name, level=sev, seed=ctx.seeds[0], n_test=n)
+            ctx.add(peer, "corruptions", f"{name}-{sev}", metrics, group=name, level=sev, **common)
     for sev, accs in per_level.items():
-        ctx.add(peer, "corruptions", f"mean-{sev}", {"top1": float(np.mean(accs))}, group="mean", level=sev,
-                seed=ctx.seeds[0], n_test=n)
+        ctx.add(peer, "corruptions", f"mean-{sev}", {"top1": float(np.mean(accs))}, group="mean", level=sev, **common)
     everything = [a for accs in per_level.values() for a in accs]
     ctx.add(peer, "corruptions", "mean", {"top1": float(np.mean(everything)),
                                           "relative_to_clean": 100 * float(np.mean(everything)) / clean_metrics["top1"]},
-            group="mean", seed=ctx.seeds[0], n_test=n)
+            group="mean", **common)
 
 
 def _run_tsne(ctx, peer, ftr, fte):
@@ -609,7 +621,11 @@ def _run_tsne(ctx, peer, ftr, fte):
         _EMBEDDINGS[key] = tsne_embed(fte, ctx.test.labels, points, ctx.seeds[0])
     emb, lab = _EMBEDDINGS[key]
     ctx.embeddings[peer] = (emb, lab)
-    score = silhouette_score(emb, lab) if len(np.unique(lab)) > 1 else math.nan
+    # The silhouette is measured on the features of the same points (L2-normalised, the geometry of
+    # the kNN and the losses), not on the t-SNE coordinates, whose distances mean little.
+    idx = balanced_indices(ctx.test.labels, points, ctx.seeds[0])
+    feats = torch.nn.functional.normalize(fte[idx].float(), dim=1).numpy()
+    score = silhouette_score(feats, lab) if len(np.unique(lab)) > 1 else math.nan
     ctx.add(peer, "tsne", f"{len(lab)} points", {"silhouette": score}, seed=ctx.seeds[0], n_test=len(lab))
 
 
@@ -768,7 +784,8 @@ def compare_runs(run_dirs: Sequence[str | Path], protocols: Iterable[str] | str 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and count over seeds for every (run, peer, protocol, setting, metric)."""
-    keys = ["run", "peer", "protocol", "setting", "metric"]
+    df = df.assign(ladder=df["ladder"].fillna("")) if "ladder" in df else df.assign(ladder="")
+    keys = ["run", "peer", "protocol", "setting", "ladder", "metric"]
     out = df.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
     return out.rename(columns={"count": "n"})
 
@@ -786,6 +803,8 @@ def format_summary(df: pd.DataFrame) -> str:
         sub = s[(s["protocol"] == protocol) & (s["metric"] == metric)]
         if protocol == "corruptions":  # the per-type rows are in the CSV; show clean and the means
             sub = sub[sub["setting"].isin(["clean", "mean"]) | sub["setting"].str.startswith("mean-")]
+            # settings name their severity ladder, so that two ladders never share a column
+            sub = sub.assign(setting=sub["setting"] + " (" + sub["ladder"] + ")")
         if sub.empty:
             continue
         fmt = "{:.3f}" if metric == "silhouette" else "{:.2f}"
@@ -794,7 +813,7 @@ def format_summary(df: pd.DataFrame) -> str:
         table = sub.assign(cell=cell).pivot_table(index="model", columns="setting", values="cell", aggfunc="first",
                                                   sort=False)
         table = table.reindex(index=list(dict.fromkeys(sub["model"])), columns=list(dict.fromkeys(sub["setting"])))
-        unit = "silhouette of the 2-D embedding" if metric == "silhouette" else "top-1 %"
+        unit = "silhouette in feature space" if metric == "silhouette" else "top-1 %"
         blocks.append(f"{protocol} ({unit})\n{table.to_string()}")
     return "\n\n".join(blocks)
 
@@ -826,17 +845,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's own")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     parser.add_argument("--probe", choices=["fast", "authors"], default="fast",
-                        help="linear probe protocol: fast (L-BFGS, tuned weight decay) or the authors' (Adam, 100 epochs)")
+                        help="linear probe protocol: fast (L-BFGS, tuned weight decay) or the authors' (Adam 3e-4, "
+                             "weight decay 1e-6, batch 64, 85/15 split, best validation epoch, --probe-epochs "
+                             "epochs; their template uses 2; their defects fixed: full test set, validation "
+                             "accuracy over the validation-set size)")
     parser.add_argument("--probe-epochs", type=int, default=100, help="epochs of the authors' probe protocol")
     parser.add_argument("--knn-k", type=int, default=200)
     parser.add_argument("--knn-temperature", type=float, default=0.1)
     parser.add_argument("--fractions", type=_floats, default=(0.01, 0.1), help="label fractions, e.g. 0.01,0.1")
-    parser.add_argument("--noise-rates", type=_floats, default=(0.2, 0.4, 0.6, 0.8), help="e.g. 0.2,0.4,0.6,0.8")
+    parser.add_argument("--noise-rates", type=_floats, default=(0.2, 0.4, 0.6, 0.8),
+                        help="e.g. 0.2,0.4,0.6,0.8: exactly round(r*N) training labels flipped, each to a "
+                             "different class; the validation split is noisy too, the test set clean")
     parser.add_argument("--noise", type=_names, default=("symmetric",), help="symmetric and/or asymmetric")
     parser.add_argument("--transfer", type=_names, default=None, metavar="DATASETS",
                         help="transfer targets, e.g. digits or stl10,cifar100 (default: per dataset, if present)")
     parser.add_argument("--corruptions", type=_names, default=CORRUPTIONS, metavar="NAMES",
                         help=f"comma-separated subset of {', '.join(CORRUPTIONS)}")
+    parser.add_argument("--corruption-ladder", choices=list(LADDERS), default=DEFAULT_LADDER,
+                        help="severity ladder: cifar10c (published CIFAR-10-C parameters, default) or strong "
+                             "(the kit's own, much stronger)")
     parser.add_argument("--corruption-limit", type=int, default=None, help="test images per corruption")
     parser.add_argument("--tsne-points", type=int, default=2000)
     parser.add_argument("--no-cache", action="store_true", help="do not write feature files under RUN_DIR/eval")
@@ -851,7 +878,8 @@ def run_command(args: argparse.Namespace) -> int:
         device=args.device, progress=not args.no_progress, probe=args.probe, probe_epochs=args.probe_epochs,
         knn_k=args.knn_k, knn_temperature=args.knn_temperature, label_fractions=args.fractions,
         noise_rates=args.noise_rates, noise_kinds=args.noise, transfer_targets=args.transfer,
-        corruptions=args.corruptions, corruption_limit=args.corruption_limit, tsne_points=args.tsne_points,
+        corruptions=args.corruptions, corruption_ladder=args.corruption_ladder,
+        corruption_limit=args.corruption_limit, tsne_points=args.tsne_points,
         cache=not args.no_cache)
     print()
     print(format_summary(df))

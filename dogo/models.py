@@ -7,15 +7,13 @@ no max-pool); without it SimCLR on 32 px images loses more than 10 points.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torchvision
 from torch import nn
 
 from .config import PeerConfig
 from .errors import ConfigError
-from .losses import nt_xent, simsiam_loss
+from .objective import ViewOutputs, distill_pair  # noqa: F401 (distill_pair: its old home)
 
 CIFAR_STEM_BELOW = 100  # px
 
@@ -116,27 +114,28 @@ def simsiam_predictor(dim: int = 2048, hidden_dim: int = 512) -> nn.Sequential:
     )
 
 
-@dataclass
-class ViewOutputs:
-    """What one model computes for two views of the same batch: features h, projections z, predictions p."""
-
-    h1: torch.Tensor
-    h2: torch.Tensor
-    z1: torch.Tensor
-    z2: torch.Tensor
-    p1: torch.Tensor | None = None
-    p2: torch.Tensor | None = None
+BN_VIEWS = ("joint", "per_view")
 
 
 class SSLModel(nn.Module):
-    """A backbone with the heads of one self-supervised objective (``simclr`` or ``simsiam``)."""
+    """A backbone with the heads of one self-supervised objective (``simclr`` or ``simsiam``).
+
+    ``bn_views`` decides how the two views of a batch of B images pass through the network:
+    ``"joint"`` concatenates them into one pass of 2B images (BatchNorm statistics over 2B, running
+    statistics updated once per call; one pass is faster), ``"per_view"`` runs each view separately
+    as the authors' code does (statistics over each view's B images, running statistics updated twice).
+    """
 
     def __init__(self, backbone: nn.Module, objective: str = "simclr", temperature: float = 0.5,
-                 projection_dim: int = 128, hidden_dim: int = 512, predictor_hidden_dim: int = 512):
+                 projection_dim: int = 128, hidden_dim: int = 512, predictor_hidden_dim: int = 512,
+                 bn_views: str = "joint"):
         super().__init__()
+        if bn_views not in BN_VIEWS:
+            raise ConfigError(f"train.bn_views: must be one of {', '.join(BN_VIEWS)}, got {bn_views!r}")
         self.backbone = backbone
         self.objective = objective
         self.temperature = temperature
+        self.bn_views = bn_views
         if objective == "simclr":
             self.projector = simclr_projector(backbone.feature_dim, hidden_dim, projection_dim)
             self.predictor = None
@@ -150,44 +149,28 @@ class SSLModel(nn.Module):
     def feature_dim(self) -> int:
         return self.backbone.feature_dim
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> ViewOutputs:
-        # Both views in one backbone pass: one kernel launch per layer instead of two.
-        batch = x1.shape[0]
-        h = self.backbone(torch.cat([x1, x2]))
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        h = self.backbone(x)
         z = self.projector(h)
-        p = self.predictor(z) if self.predictor is not None else None
+        return h, z, (self.predictor(z) if self.predictor is not None else None)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> ViewOutputs:
+        """Features, projections and (SimSiam) predictions of both views, each (B, .)."""
+        if self.bn_views == "per_view":
+            (h1, z1, p1), (h2, z2, p2) = self._heads(x1), self._heads(x2)
+            return ViewOutputs(h1, h2, z1, z2, p1, p2)
+        batch = x1.shape[0]
+        h, z, p = self._heads(torch.cat([x1, x2]))
         return ViewOutputs(
             h[:batch], h[batch:], z[:batch], z[batch:],
             None if p is None else p[:batch], None if p is None else p[batch:],
         )
 
-    def ssl_loss(self, out: ViewOutputs) -> torch.Tensor:
-        if self.objective == "simclr":
-            return nt_xent(out.z1.float(), out.z2.float(), self.temperature)
-        return simsiam_loss(out.p1.float(), out.p2.float(), out.z1.float(), out.z2.float())
 
-    def distill_views(self) -> str:
-        """Which head output this model distils with: the projection (SimCLR) or prediction (SimSiam)."""
-        return "z" if self.objective == "simclr" else "p"
-
-
-def distill_pair(own: SSLModel, own_out: ViewOutputs, peer: SSLModel, peer_out: ViewOutputs):
-    """The (own1, own2, peer1, peer2) tensors that ``similarity_distill`` compares for ``own``.
-
-    SimCLR distils its projection, SimSiam its prediction. When both peers are SimSiam, the own
-    prediction is matched against the peer's projection (as SimSiam itself matches p against z).
-    """
-    own_key = own.distill_views()
-    peer_key = "z" if (own.objective == "simsiam" and peer.objective == "simsiam") else peer.distill_views()
-    return (
-        getattr(own_out, own_key + "1").float(), getattr(own_out, own_key + "2").float(),
-        getattr(peer_out, peer_key + "1").float(), getattr(peer_out, peer_key + "2").float(),
-    )
-
-
-def build_model(peer: PeerConfig, in_channels: int, image_size: int) -> SSLModel:
-    """The model one peer config describes, for images with ``in_channels`` channels of ``image_size`` px."""
+def build_model(peer: PeerConfig, in_channels: int, image_size: int, bn_views: str = "joint") -> SSLModel:
+    """The model one peer config describes, for images with ``in_channels`` channels of ``image_size`` px
+    (``bn_views``: see ``SSLModel``)."""
     backbone = build_backbone(peer.backbone, in_channels, image_size, peer.width)
     projection_dim = peer.projection_dim or (128 if peer.objective == "simclr" else 2048)
     return SSLModel(backbone, peer.objective, peer.temperature, projection_dim,
-                    peer.hidden_dim, peer.predictor_hidden_dim)
+                    peer.hidden_dim, peer.predictor_hidden_dim, bn_views)

@@ -37,7 +37,7 @@ def baseline_of(cfg: Config) -> Config:
 
 
 def _probe(train_x, train_y, test_x, test_y, num_classes: int, k: int, t: float, seed: int) -> dict[str, float]:
-    knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k, t)
+    knn = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k, t)["top1"]
     linear = linear_probe(train_x, train_y, test_x, test_y, protocol="fast", seed=seed)
     return {"knn_top1": knn, "linear_top1": linear["top1"]}
 

@@ -1,9 +1,9 @@
 """One training engine for K >= 1 peers.
 
 K = 1 trains a single SimCLR or SimSiam model (the baseline). K >= 2 is DoGo: in every step each
-peer k minimises
+peer k minimises its loss of ``dogo.objective.cohort_losses``,
 
-    loss_k = ssl_k + w_k * sum_{j != k} similarity_distill(own = k, peer = j (detached))
+    loss_k = ssl_k + w_k * sum_{j != k} KL(P_j (detached) || P_k),
 
 and all peers are updated from the same snapshot (every forward pass happens before any optimizer
 step), each with its own optimizer and schedule. Each peer sees its own two augmented views of
@@ -31,8 +31,8 @@ from .config import Config, from_dict, load_config
 from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .features import extract_features, knn_accuracy
-from .losses import similarity_distill
-from .models import SSLModel, build_model, distill_pair
+from .models import SSLModel, build_model
+from .objective import cohort_losses
 from .runlog import (
     CHECKPOINT,
     MetricsWriter,
@@ -190,7 +190,8 @@ class Trainer:
         return path
 
     def _build_peer(self, p) -> Peer:
-        model = build_model(p, self.train_data.channels, self.cfg.data.image_size).to(self.device)
+        model = build_model(p, self.train_data.channels, self.cfg.data.image_size,
+                            self.cfg.train.bn_views).to(self.device)
         if self.cfg.train.channels_last:  # faster convolutions on CUDA and on the CPU alike
             model = model.to(memory_format=torch.channels_last)
         t = self.cfg.train
@@ -219,7 +220,7 @@ class Trainer:
 
     def compute_losses(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Forward every peer on its own two views of ``images`` (uint8, on the device); return each
-        peer's ``ssl``, ``distill`` and ``total`` loss. Peer targets are detached inside the loss."""
+        peer's ``ssl``, ``distill`` and ``total`` loss (``dogo.objective.cohort_losses``)."""
         views = []
         for k, peer in enumerate(self.peers):
             if self.cfg.augment.share_views and k > 0:
@@ -236,17 +237,9 @@ class Trainer:
                 outputs.append(peer.module(x1, x2))
         # Losses over the global batch: outputs are all-gathered (with gradient) across processes.
         outputs = [dist_utils.gather_outputs(o) for o in outputs] if self.distributed else outputs
-        losses = []
-        for k, (peer, out) in enumerate(zip(self.peers, outputs)):
-            ssl = peer.model.ssl_loss(out)
-            distill = torch.zeros((), device=ssl.device)
-            for j, (other, other_out) in enumerate(zip(self.peers, outputs)):
-                if j != k:
-                    distill = distill + similarity_distill(
-                        *distill_pair(peer.model, out, other.model, other_out),
-                        temperature=self.cfg.distill.temperature, reduction=self.cfg.distill.reduction)
-            losses.append({"ssl": ssl, "distill": distill, "total": ssl + peer.distill_weight * distill})
-        return losses
+        return cohort_losses(outputs, [p.model.objective for p in self.peers], [p.distill_weight for p in self.peers],
+                             self.cfg.distill.temperature, self.cfg.distill.reduction,
+                             [p.model.temperature for p in self.peers])
 
     def train_step(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         for peer in self.peers:
@@ -277,7 +270,7 @@ class Trainer:
             fb = extract_features(peer.model.backbone, bank.images, self.test_transform, device=self.device)
             fq = extract_features(peer.model.backbone, queries.images, self.test_transform, device=self.device)
             result[peer.name] = knn_accuracy(fb, bank.labels, fq, queries.labels, bank.num_classes,
-                                             t.knn_k, t.knn_temperature)
+                                             t.knn_k, t.knn_temperature)["top1"]
         return result
 
     def _check_finite(self) -> None:
@@ -314,6 +307,9 @@ class Trainer:
             },
             "scaler": self.scaler.state_dict(),
             "rng": rng,
+            # The encoder's input: what evaluation needs to feed it as in training (own data included).
+            "input": {"mean": list(self.train_data.mean), "std": list(self.train_data.std),
+                      "channels": self.train_data.channels, "image_size": self.cfg.data.image_size},
             "finished": self.epoch >= self.cfg.train.epochs,
         }
 

@@ -225,3 +225,18 @@ def test_view_recipe_follows_the_augment_config():
     assert augment.mean == (0.5,) and augment.std == (0.25,)
     # None in the config keeps the objective's default.
     assert view_augment_for("simsiam", 28, [0.5], [0.25], AugmentConfig()).jitter_strength == 0.5
+
+
+def test_simsiam_grayscale_twice_gives_the_authors_effective_rate():
+    images = uint8_images(4000, 3, 8, seed=1)
+    cfg = AugmentConfig(jitter_prob=0.0, simsiam_grayscale_twice=True)
+
+    def gray_fraction(objective: str) -> float:
+        views = view_augment_for(objective, 8, (0.5,) * 3, (0.25,) * 3, cfg)(images, gen(3))
+        gray = (views[:, 0] == views[:, 1]).all(dim=(1, 2)) & (views[:, 1] == views[:, 2]).all(dim=(1, 2))
+        return gray.float().mean().item()
+
+    # binomial standard error about 0.008 at n = 4000: a bound of 0.04 is five of them
+    assert abs(gray_fraction("simsiam") - (1 - 0.8 ** 2)) < 0.04
+    assert abs(gray_fraction("simclr") - 0.2) < 0.04  # SimCLR keeps one draw
+    assert view_augment_for("simsiam", 8, (0.5,), (0.25,), AugmentConfig()).grayscale_passes == 1

@@ -18,14 +18,13 @@ from dogo.models import (
     ResNetBackbone,
     SmallCNN,
     SSLModel,
-    ViewOutputs,
     build_backbone,
     build_model,
-    distill_pair,
     simclr_projector,
     simsiam_predictor,
     simsiam_projector,
 )
+from dogo.objective import ViewOutputs, distill_pair, ssl_loss
 
 
 def _images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -165,7 +164,7 @@ def test_simclr_forward_shapes_and_loss():
     out = model(x1, x2)
     assert torch.allclose(out.h1, model.backbone(x1), atol=1e-6)
     assert torch.allclose(out.z2, model.projector(model.backbone(x2)), atol=1e-6)
-    assert torch.equal(model.ssl_loss(out), nt_xent(out.z1, out.z2, model.temperature))
+    assert torch.equal(ssl_loss("simclr", out, model.temperature), nt_xent(out.z1, out.z2, model.temperature))
 
 
 def test_simsiam_forward_shapes_and_loss():
@@ -173,7 +172,7 @@ def test_simsiam_forward_shapes_and_loss():
     out = model(_images(4, 1, 12, seed=3), _images(4, 1, 12, seed=4))
     assert out.h1.shape == (4, 16) and out.z1.shape == out.z2.shape == (4, 16)
     assert out.p1.shape == out.p2.shape == (4, 16)
-    assert torch.equal(model.ssl_loss(out), simsiam_loss(out.p1, out.p2, out.z1, out.z2))
+    assert torch.equal(ssl_loss("simsiam", out), simsiam_loss(out.p1, out.p2, out.z1, out.z2))
 
 
 def _fake_outputs(tag: float) -> ViewOutputs:
@@ -191,6 +190,7 @@ def test_distill_pair_picks_the_head_outputs(own_objective, peer_objective, own_
     own, peer = _tiny_model(own_objective), _tiny_model(peer_objective)
     own_out, peer_out = _fake_outputs(0.0), _fake_outputs(100.0)
     picked = distill_pair(own, own_out, peer, peer_out)
+    assert all(torch.equal(a, b) for a, b in zip(picked, distill_pair(own_objective, own_out, peer_objective, peer_out)))
     expected = (getattr(own_out, own_key + "1"), getattr(own_out, own_key + "2"),
                 getattr(peer_out, peer_key + "1"), getattr(peer_out, peer_key + "2"))
     assert len(picked) == 4
@@ -225,3 +225,51 @@ def test_build_model_resnet():
     assert isinstance(model.backbone, ResNetBackbone) and model.feature_dim == 512
     assert isinstance(model.backbone.net.maxpool, nn.Identity)
     assert _linear_shapes(model.projector) == [(512, 512), (512, 128)]
+
+
+@pytest.mark.parametrize("objective", ["simclr", "simsiam"])
+def test_bn_views_per_view_runs_each_view_separately_and_joint_concatenates(objective):
+    import copy
+
+    peer = PeerConfig(backbone="cnn", width=4, objective=objective, projection_dim=16, predictor_hidden_dim=8,
+                      hidden_dim=16)
+    x1, x2 = _images(6, 1, 12, seed=1), _images(6, 1, 12, seed=2)
+    torch.manual_seed(0)
+    per_view = build_model(peer, 1, 12, bn_views="per_view").train()
+    joint = copy.deepcopy(per_view)
+    joint.bn_views = "joint"
+    reference = copy.deepcopy(per_view)
+
+    def heads(model, x):
+        z = model.projector(model.backbone(x))
+        return z, (model.predictor(z) if model.predictor is not None else None)
+
+    out = per_view(x1, x2)
+    (z1, p1), (z2, p2) = heads(reference, x1), heads(reference, x2)
+    torch.testing.assert_close(out.z1, z1, rtol=0, atol=0)
+    torch.testing.assert_close(out.z2, z2, rtol=0, atol=0)
+    if objective == "simsiam":
+        torch.testing.assert_close(out.p1, p1, rtol=0, atol=0)
+        torch.testing.assert_close(out.p2, p2, rtol=0, atol=0)
+    # running statistics: updated twice per call per view, once when joint
+    bn = [m for m in per_view.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    assert bn.num_batches_tracked.item() == 2
+    torch.testing.assert_close(bn.running_mean, [m for m in reference.modules()
+                                                 if isinstance(m, nn.BatchNorm2d)][0].running_mean)
+    joint(x1, x2)
+    assert [m for m in joint.modules() if isinstance(m, nn.BatchNorm2d)][0].num_batches_tracked.item() == 1
+    with pytest.raises(ConfigError, match="bn_views"):
+        build_model(peer, 1, 12, bn_views="separate")
+
+
+def test_bn_views_joint_equals_one_pass_over_both_views():
+    import copy
+
+    peer = PeerConfig(backbone="cnn", width=4, objective="simclr", projection_dim=16, hidden_dim=16)
+    x1, x2 = _images(5, 1, 12, seed=3), _images(5, 1, 12, seed=4)
+    torch.manual_seed(0)
+    model = build_model(peer, 1, 12).train()
+    reference = copy.deepcopy(model)
+    out = model(x1, x2)
+    z = reference.projector(reference.backbone(torch.cat([x1, x2])))
+    torch.testing.assert_close(torch.cat([out.z1, out.z2]), z, rtol=0, atol=0)

@@ -100,6 +100,11 @@ def test_template_config_builds_the_authors_pairing(tmp_path):
     losses = trainer.train_step(trainer.images[:4])
     assert all(torch.isfinite(loss["total"]) for loss in losses)
     assert trainer.peers[1].model.predictor[-1].out_features == 2048
+    # their details: each view in its own pass (running statistics updated twice per step), and the
+    # SimSiam transform's grayscale applied twice
+    assert cfg.train.bn_views == "per_view"
+    assert all(p.model.backbone.net.bn1.num_batches_tracked.item() == 2 for p in trainer.peers)
+    assert [p.augment.grayscale_passes for p in trainer.peers] == [1, 2]
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])

@@ -1,0 +1,99 @@
+"""The DoGo objective of a cohort, checked without a Trainer against a hand-written reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dogo.objective import ViewOutputs, cohort_losses
+
+
+def _outputs(objective: str, seed: int, batch: int = 5, dim: int = 4) -> ViewOutputs:
+    g = torch.Generator().manual_seed(seed)
+    t = [torch.randn(batch, dim, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(6)]
+    return ViewOutputs(*t[:4], *(t[4:] if objective == "simsiam" else (None, None)))
+
+
+def _cos(a, b):
+    return torch.stack([torch.stack([torch.dot(x, y) / (x.norm() * y.norm()) for y in b]) for x in a])
+
+
+def _reference(outputs, objectives, weights, tau_kd, reduction, ssl_taus):
+    """The formula written out row by row: NT-Xent / SimSiam and KL(P_j || P_k) of softmax rows."""
+    batch = outputs[0].z1.shape[0]
+
+    def ssl(objective, o, tau):
+        if objective == "simsiam":
+            d = lambda p, z: -torch.stack([torch.dot(p[i], z[i].detach()) / (p[i].norm() * z[i].norm())  # noqa: E731
+                                           for i in range(batch)]).mean()
+            return (d(o.p1, o.z2) + d(o.p2, o.z1)) / 2
+        z = torch.cat([o.z1, o.z2])
+        s = _cos(z, z) / tau
+        total = 0
+        for i in range(2 * batch):
+            pos = (i + batch) % (2 * batch)
+            total = total - s[i, pos] + torch.logsumexp(torch.cat([s[i, :i], s[i, i + 1:]]), 0)
+        return total / (2 * batch)
+
+    def heads(own, other, o_own, o_other):
+        a = (o_own.z1, o_own.z2) if own == "simclr" else (o_own.p1, o_own.p2)
+        b = (o_other.z1, o_other.z2) if other == "simclr" or own == "simsiam" else (o_other.p1, o_other.p2)
+        return a, b
+
+    losses = []
+    for k, o in enumerate(outputs):
+        kl = 0
+        for j, other in enumerate(outputs):
+            if j == k:
+                continue
+            (a1, a2), (b1, b2) = heads(objectives[k], objectives[j], o, other)
+            p_k = torch.softmax(_cos(a1, a2) / tau_kd, dim=1)
+            p_j = torch.softmax(_cos(b1.detach(), b2.detach()) / tau_kd, dim=1)
+            total = (p_j * (p_j.log() - p_k.log())).sum()
+            kl = kl + total / {"batchmean": batch, "mean": batch * batch, "sum": 1}[reduction]
+        s = ssl(objectives[k], o, ssl_taus[k])
+        losses.append({"ssl": s, "distill": kl, "total": s + weights[k] * kl})
+    return losses
+
+
+@pytest.mark.parametrize("objectives, reduction", [
+    (["simclr"], "batchmean"),
+    (["simsiam"], "mean"),
+    (["simclr", "simsiam"], "mean"),
+    (["simsiam", "simsiam"], "batchmean"),
+    (["simclr", "simclr"], "sum"),
+    (["simclr", "simsiam", "simsiam"], "batchmean"),
+    (["simsiam", "simclr", "simclr"], "mean"),
+])
+def test_cohort_losses_match_the_formula(objectives, reduction):
+    outputs = [_outputs(obj, seed) for seed, obj in enumerate(objectives)]
+    weights = [100.0, 1.0, 0.5][:len(objectives)]
+    ssl_taus = [0.5, 0.2, 0.7][:len(objectives)]
+    got = cohort_losses(outputs, objectives, weights, 0.1, reduction, ssl_taus)
+    want = _reference(outputs, objectives, weights, 0.1, reduction, ssl_taus)
+    assert len(got) == len(objectives)
+    for g, w in zip(got, want):
+        for term in ("ssl", "distill", "total"):
+            torch.testing.assert_close(g[term].double(), torch.as_tensor(w[term]).double(), rtol=1e-5, atol=1e-6)
+    if len(objectives) == 1:
+        assert got[0]["distill"].item() == 0 and got[0]["total"] is not None
+
+
+def test_each_peer_gets_only_its_own_gradient():
+    objectives = ["simclr", "simsiam", "simclr"]
+    outputs = [_outputs(obj, 10 + seed) for seed, obj in enumerate(objectives)]
+    losses = cohort_losses(outputs, objectives, [1.0, 2.0, 3.0], 0.1, "batchmean")
+    losses[1]["total"].backward()
+    assert outputs[0].z1.grad is None and outputs[2].z1.grad is None  # peers are detached targets
+    assert outputs[1].p1.grad is not None and outputs[1].p1.grad.abs().sum() > 0
+
+
+def test_cohort_losses_reject_mismatched_lengths_and_objectives():
+    outputs = [_outputs("simclr", 0), _outputs("simclr", 1)]
+    with pytest.raises(ValueError, match="2 outputs but 1 objectives"):
+        cohort_losses(outputs, ["simclr"], [1.0, 1.0])
+    with pytest.raises(ValueError, match="unknown objective"):
+        cohort_losses(outputs, ["simclr", "byol"], [1.0, 1.0])
+    assert math.isfinite(cohort_losses(outputs, ["simclr", "simclr"], [1.0, 1.0])[0]["total"].item())
