@@ -321,3 +321,33 @@ def test_committed_grid_files_are_valid():
     # The small CNN alone is exactly the quickstart's baseline (up to its name).
     assert config_hash(cpu.config("small_alone", 0)) == config_hash(baseline_of(load_config(DEFAULT_CONFIG)))
 
+
+
+def test_a_failing_cell_is_reported_and_the_others_still_run(finished, tmp_path, monkeypatch):
+    grid, _, _ = finished
+    results, runs = copy_of(finished, tmp_path, drop=("alone-s1", "dogo-s1"))
+    real_run_cell = dogo.grid.run_cell
+
+    def out_of_memory_for_alone(grid, cell, seed, *args, **kwargs):
+        if cell == "alone":
+            raise RuntimeError("CUDA out of memory")
+        return real_run_cell(grid, cell, seed, *args, **kwargs)
+
+    monkeypatch.setattr(dogo.grid, "run_cell", out_of_memory_for_alone)
+    messages = []
+    outcome = run_grid(grid, results, runs, say=messages.append)
+    assert outcome["failed"] == ["alone-s1"] and outcome["ran"] == ["dogo-s1"]
+    assert any(m.startswith("failed alone-s1:") and "CUDA out of memory" in m for m in messages)
+    assert [j.status for j in plan(grid, results, only="alone-s1")] == ["pending"]
+
+
+def test_report_of_a_real_grid_run(finished, tmp_path, capsys):
+    results, _ = copy_of(finished, tmp_path)
+    grid_file = write_grid(tmp_path / "g.yaml", tiny_grid_data())
+    assert main(["report", str(results), "--grid", str(grid_file), "--figures", str(tmp_path / "fig")]) == 0
+    report = (results / "REPORT.md").read_text()
+    assert capsys.readouterr().out.strip() == report.strip()
+    assert "⚠ only 2 seeds (0, 1)" in report and "| small: DoGo - alone | linear | fast |" in report
+    assert "alone/small (n=2) | dogo/small (n=2) | dogo/large (n=2)" in report
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["tiny_bars.png", "tiny_knn_curves.png",
+                                                                    "tiny_tsne.png"]
