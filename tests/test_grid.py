@@ -22,7 +22,7 @@ import dogo
 import dogo.grid
 from dogo.cli import main
 from dogo.errors import ConfigError
-from dogo.grid import NUMERICS_VERSION, SCHEMA_VERSION, config_hash, load_grid, plan, run_grid
+from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid, plan, run_grid
 
 from .helpers import run_cli
 
@@ -304,8 +304,6 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
 
 
 def test_committed_grid_files_are_valid():
-    from dogo.grid import REPO
-
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "cpu_fmnist_cnn.yaml", "gpu_fmnist_r18_r50.yaml"]
     for f in files:
@@ -351,3 +349,35 @@ def test_report_of_a_real_grid_run(finished, tmp_path, capsys):
     assert "alone/small (n=2) | dogo/small (n=2) | dogo/large (n=2)" in report
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["tiny_bars.png", "tiny_knn_curves.png",
                                                                     "tiny_tsne.png"]
+
+
+def test_tiny_variant_of_the_gpu_study_grid():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from tiny_grid import tiny_grid
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    data = tiny_grid(REPO / "configs/grids/gpu_fmnist_r18_r50.yaml")
+    grid = load_grid(data=data)
+    assert grid.name == "gpu_fmnist_r18_r50_tiny" and grid.spec.seeds == [0]
+    assert [c.name for c in grid.spec.cells] == ["r18_alone", "r50_alone", "r18_r50"] and len(grid.spec.compare) == 2
+    for cell in grid.spec.cells:
+        cfg = grid.config(cell.name, 0)
+        assert {p.backbone for p in cfg.peers} == {"cnn"} and cfg.data.limit == 256 and cfg.train.epochs == 1
+    assert [p.name for p in grid.config("r18_r50", 0).peers] == ["r18", "r50"]
+
+
+@pytest.mark.slow
+def test_gpu_study_script_plumbing_with_no_time_left(tmp_path):
+    """The study script end to end on the CPU (tiny grid) with a zero time budget: it plans, starts no
+    cell, copies nothing and writes an empty report; a real tiny run is `GPU_STUDY_TINY=1 bash ...`."""
+    out = tmp_path / "out"
+    env = dict(os.environ, GPU_STUDY_TINY="1", OUT=str(out), PYTHON=sys.executable, TIME_BUDGET="0",
+               PARALLEL="1", RUNS=str(tmp_path / "runs"), PYTHONPATH=str(REPO))
+    proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu_study.sh")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 done, 3 pending (about 180 s), 0 stale" in (out / "plan_before.txt").read_text()
+    assert "not starting r18_alone-s0: estimate 60 s, 0 s of the time budget left" in (out / "grid.log").read_text()
+    report = (out / "results/gpu_fmnist_r18_r50_tiny/REPORT.md").read_text()
+    assert report.startswith("# Report: gpu_fmnist_r18_r50_tiny") and "(no current results)" in report
