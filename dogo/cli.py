@@ -5,6 +5,8 @@
     dogo eval runs/NAME [--protocols ...]                            # evaluate every peer
     dogo quickstart                                                  # SimCLR alone vs DoGo, Fashion-MNIST
     dogo notebooks [--smoke]                                         # run the notebooks with papermill
+    dogo grid configs/grids/cpu_fmnist_cnn.yaml [--dry-run]          # a resumable reproduction grid
+    dogo report results/cpu_fmnist_cnn [--readme README.md]          # its tables, intervals and figures
 
 User mistakes (bad config, missing data, broken checkpoint) print one ``error:`` line and exit 2.
 """
@@ -77,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         notebooks = None
     if notebooks is not None and hasattr(notebooks, "add_arguments"):
         notebooks.add_arguments(sub.add_parser("notebooks", help="execute the notebooks with papermill"))
+    from . import grid
+
+    grid.add_arguments(sub.add_parser("grid", help="run a reproduction-study grid, one JSON per (cell, seed)"))
+    from . import report
+
+    report.add_arguments(sub.add_parser("report", help="tables, paired differences and figures of a grid's results"))
     return parser
 
 

@@ -1,5 +1,8 @@
 """Main job: SimCLR alone vs DoGo on Fashion-MNIST, then a comparison table and a figure.
 
+With CUDA, the paper's pairing (a ResNet-18 alone, then beside a ResNet-50, 32 px, 10 epochs); on the
+CPU, or with ``--cpu``, the small demo (a width-16 CNN alone, then beside a width-48 one).
+
 1. Train the config's first peer alone (the SimCLR baseline).
 2. Train the whole cohort (DoGo: the same small model beside a larger peer), same settings and seed.
 3. Probe every encoder on frozen features of the full train/test splits (kNN, k = 200, t = 0.1;
@@ -13,6 +16,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +29,9 @@ from .features import extract_features, knn_accuracy
 from .probes import linear_probe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_quick.yaml"
+GPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cifar10_r18_r50.yaml"
+GPU_OVERRIDES = ["data.dataset=fashion_mnist", "data.image_size=32", "train.epochs=10", "train.warmup_epochs=1",
+                 "train.knn_every=2", "train.checkpoint_every=5"]
 SMOKE_OVERRIDES = ["data.limit=1024", "data.eval_limit=1000", "train.epochs=1", "train.batch_size=128"]
 
 
@@ -34,6 +41,30 @@ def baseline_of(cfg: Config) -> Config:
     data["peers"] = data["peers"][:1]
     data["name"] = f"{cfg.name}_alone"
     return from_dict(data)
+
+
+@dataclass
+class Demo:
+    """What the quickstart runs: a config, the overrides applied before the user's, and its description."""
+
+    config: Path
+    overrides: list[str]
+    description: str
+    figure: str
+
+
+def choose_demo(config_file: str | None, cpu: bool, cuda_available: bool) -> Demo:
+    """The ResNet pairing when CUDA is available (unless ``cpu``), else the small CPU demo; a config
+    given by the user is always used as it is."""
+    if config_file is not None:
+        return Demo(Path(config_file), [], f"the config {config_file}", "figures/quickstart_comparison.png")
+    if cuda_available and not cpu:
+        return Demo(GPU_CONFIG, list(GPU_OVERRIDES), "the GPU demo: ResNet-18 alone vs ResNet-18 + ResNet-50 (DoGo), "
+                    "Fashion-MNIST at 32 px, 10 epochs (--cpu runs the small CPU demo)",
+                    "figures/quickstart_gpu_comparison.png")
+    why = "--cpu" if cpu else "no CUDA device"
+    return Demo(DEFAULT_CONFIG, ["device=cpu"] if cpu else [], f"the CPU demo ({why}): a width-16 CNN alone vs "
+                "beside a width-48 CNN (DoGo), Fashion-MNIST, 4 epochs", "figures/quickstart_comparison.png")
 
 
 def _probe(train_x, train_y, test_x, test_y, num_classes: int, k: int, t: float, seed: int) -> dict[str, float]:
@@ -148,10 +179,13 @@ def draw_comparison(rows: list[dict], run_dirs: dict[str, str], path: Path) -> N
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", "--config", dest="config_file", default=str(DEFAULT_CONFIG),
-                        help="DoGo config; its first peer is also trained alone (default: the quick CPU config)")
+    parser.add_argument("--config-file", "--config", dest="config_file", default=None,
+                        help="DoGo config; its first peer is also trained alone (default: the ResNet pairing with "
+                             "CUDA, else configs/fashion_mnist_quick.yaml)")
+    parser.add_argument("--cpu", action="store_true", help="run the small CPU demo even when CUDA is available")
     parser.add_argument("--output-dir", default="runs/quickstart", help="where both runs and the table go")
-    parser.add_argument("--figure", default="figures/quickstart_comparison.png", help="copy of the figure")
+    parser.add_argument("--figure", default=None, help="copy of the figure (default: figures/quickstart_comparison.png, "
+                        "figures/quickstart_gpu_comparison.png for the GPU demo)")
     parser.add_argument("--eval-limit", type=int, default=None, help="probe on this many train/test images")
     parser.add_argument("--smoke", action="store_true", help="a tiny run (about a minute) to check the set-up")
     parser.add_argument("--no-progress", action="store_true")
@@ -160,11 +194,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
-    overrides = (SMOKE_OVERRIDES if args.smoke else []) + list(args.overrides)
-    cfg = load_config(args.config_file, overrides)
+    demo = choose_demo(args.config_file, args.cpu, torch.cuda.is_available())
+    print(f"quickstart: {demo.description}")
+    overrides = demo.overrides + (SMOKE_OVERRIDES if args.smoke else []) + list(args.overrides)
+    cfg = load_config(demo.config, overrides)
     eval_limit = args.eval_limit if args.eval_limit is not None else (2000 if args.smoke else None)
-    run_quickstart(cfg, args.output_dir, args.figure, eval_limit, progress=not args.no_progress)
+    run_quickstart(cfg, args.output_dir, args.figure or demo.figure, eval_limit, progress=not args.no_progress)
     return 0
 
 
-__all__ = ["run_quickstart", "baseline_of", "format_table"]
+__all__ = ["run_quickstart", "baseline_of", "format_table", "choose_demo"]

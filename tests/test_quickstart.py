@@ -42,3 +42,41 @@ def test_quickstart_smoke_end_to_end(tmp_path):
         assert 10 < r["knn_top1"] <= 100 and 10 < r["linear_top1"] <= 100  # beats chance
     assert figure.is_file() and figure.stat().st_size > 10_000
     assert (out / "alone" / "metrics.jsonl").is_file() and (out / "dogo" / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize(("cuda", "flags", "backbones", "widths", "said"), [
+    (True, [], ["resnet18", "resnet50"], None, "quickstart: the GPU demo: ResNet-18 alone vs ResNet-18 + ResNet-50"),
+    (True, ["--cpu"], ["cnn", "cnn"], [16, 48], "quickstart: the CPU demo (--cpu)"),
+    (False, [], ["cnn", "cnn"], [16, 48], "quickstart: the CPU demo (no CUDA device)"),
+])
+def test_quickstart_runs_the_resnet_pairing_when_cuda_is_present(cuda, flags, backbones, widths, said, monkeypatch,
+                                                                  capsys):
+    import torch
+
+    import dogo.quickstart
+
+    chosen = {}
+
+    def record(cfg, output_dir, figure, eval_limit, progress):
+        chosen.update(cfg=cfg, figure=figure)
+        return []
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(dogo.quickstart, "run_quickstart", record)
+    assert main(["quickstart", *flags, "--no-progress"]) == 0
+    cfg = chosen["cfg"]
+    assert capsys.readouterr().out.startswith(said)
+    assert [p.backbone for p in cfg.peers] == backbones
+    if widths is None:  # the paper's pairing at Fashion-MNIST scale
+        assert (cfg.data.dataset, cfg.data.image_size, cfg.train.epochs) == ("fashion_mnist", 32, 10)
+        assert chosen["figure"] == "figures/quickstart_gpu_comparison.png"
+    else:
+        assert cfg == load_config(DEFAULT_CONFIG, ["device=cpu"] if "--cpu" in flags else [])
+        assert chosen["figure"] == "figures/quickstart_comparison.png"
+
+
+def test_a_given_config_is_used_as_it_is_even_with_cuda(monkeypatch):
+    from dogo.quickstart import choose_demo
+
+    demo = choose_demo("configs/fashion_mnist_simclr.yaml", cpu=False, cuda_available=True)
+    assert (str(demo.config), demo.overrides) == ("configs/fashion_mnist_simclr.yaml", [])

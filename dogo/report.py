@@ -1,0 +1,460 @@
+"""The report of a grid's results: mean +- std over seeds, paired differences with 95 % intervals, figures.
+
+    dogo report results/cpu_fmnist_cnn [--grid configs/grids/cpu_fmnist_cnn.yaml] [--figures figures]
+                [--readme README.md]
+
+reads only the result JSONs (``dogo.grid``), never a checkpoint. Results that are stale for the grid
+file (another config, numerics version or evaluation settings) are listed and left out of every table.
+
+Statistics, per protocol / setting / metric and per (cell, peer):
+
+- a run's value is the mean over the evaluation's own seeds (label subsets, label noise), so each
+  training seed counts once;
+- over training seeds: mean, sample standard deviation (n - 1) and n;
+- for each ``compare`` pair, the paired difference d_s = treatment_s - baseline_s over the seeds s
+  both have: mean d, and the 95 % confidence interval mean d +- t_{0.975, n-1} * sd(d) / sqrt(n)
+  (Student t, n - 1 degrees of freedom). An interval that contains 0 is "within noise". Below 3 seeds
+  the interval is printed with a warning: from 2 seeds it says almost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import DogoError
+from .grid import REPO, Grid, config_hash, load_grid, read_result, result_name, stale_reasons
+
+MIN_SEEDS = 3  # fewer seeds than this: intervals are printed with a warning
+PROTOCOL_ORDER = ("knn", "linear", "limited", "noisy", "transfer", "corruptions", "tsne")
+KEYS = ["cell", "peer", "protocol", "setting", "metric"]
+
+
+# ============================================================================ statistics
+
+
+@dataclass
+class Summary:
+    mean: float
+    std: float  # sample standard deviation (n - 1); nan when n < 2
+    n: int
+
+
+def summarize(values) -> Summary:
+    """Mean, sample standard deviation (ddof 1, nan for one value) and count of ``values``."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        return Summary(math.nan, math.nan, 0)
+    return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan, int(x.size))
+
+
+@dataclass
+class PairedDifference:
+    mean: float  # mean over seeds of treatment - baseline
+    low: float  # 95 % interval (nan when n < 2)
+    high: float
+    n: int
+
+    @property
+    def within_noise(self) -> bool:
+        """The interval contains 0 (or there is no interval)."""
+        return not (self.low > 0 or self.high < 0)
+
+
+def paired_difference(baseline: dict[int, float], treatment: dict[int, float], level: float = 0.95) -> PairedDifference:
+    """Paired difference over the seeds both have: mean d and mean d +- t_{(1+level)/2, n-1} sd(d) / sqrt(n)."""
+    from scipy.stats import t as student_t
+
+    seeds = sorted(set(baseline) & set(treatment))
+    d = np.array([treatment[s] - baseline[s] for s in seeds], dtype=float)
+    if d.size == 0:
+        return PairedDifference(math.nan, math.nan, math.nan, 0)
+    mean = float(d.mean())
+    if d.size < 2:
+        return PairedDifference(mean, math.nan, math.nan, 1)
+    half = float(student_t.ppf((1 + level) / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return PairedDifference(mean, mean - half, mean + half, int(d.size))
+
+
+# ============================================================================ loading results
+
+
+@dataclass
+class Results:
+    """The current results of one grid as a tidy table (one row per run seed after averaging the
+    evaluation's seeds), the records themselves, and the stale files with their reasons."""
+
+    name: str
+    grid: Grid | None
+    table: pd.DataFrame  # columns: cell, seed, peer, protocol, setting, metric, value
+    records: list[dict[str, Any]]
+    stale: list[tuple[str, list[str]]]
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r["seed"] for r in self.records})
+
+
+def find_grid_file(name: str) -> Path | None:
+    path = REPO / "configs" / "grids" / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def load_results(results_dir: str | Path, grid: Grid | str | Path | None = None) -> Results:
+    """Read every ``*.json`` of a result folder; keep the current ones (for ``grid``, by default
+    ``configs/grids/<name>.yaml`` when it exists), list the others as stale."""
+    from .grid import NUMERICS_VERSION, SCHEMA_VERSION
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise DogoError(f"result folder {results_dir} does not exist")
+    files = sorted(results_dir.glob("*.json"))
+    records = [(f, read_result(f)) for f in files]
+    name = next((r["grid"] for _, r in records if r and "grid" in r), results_dir.name)
+    if grid is None:
+        found = find_grid_file(name)
+        grid = load_grid(found) if found else None
+    elif not isinstance(grid, Grid):
+        grid = load_grid(grid)
+    if grid is not None:
+        name = grid.name
+    current, stale = [], []
+    for f, r in records:
+        if r is None:
+            stale.append((f.name, ["unreadable"]))
+            continue
+        if grid is not None:
+            reasons = [] if r.get("grid") == grid.name else [f"grid {r.get('grid')!r}, not {grid.name!r}"]
+            known = any(c.name == r.get("cell") for c in grid.spec.cells) and r.get("seed") in grid.spec.seeds
+            if not known:
+                reasons.append("not a (cell, seed) of the grid file")
+            else:
+                reasons += stale_reasons(r, grid, config_hash(grid.config(r["cell"], r["seed"])))
+        else:
+            reasons = [] if r.get("grid") == name else [f"grid {r.get('grid')!r}, not {name!r}"]
+            if r.get("schema_version") != SCHEMA_VERSION or r.get("numerics_version") != NUMERICS_VERSION:
+                reasons.append("schema or numerics version differs from this code's")
+        if f.name != f"{result_name(r.get('cell'), r.get('seed'))}.json":
+            reasons.append("file name does not match its cell and seed")
+        if reasons:
+            stale.append((f.name, reasons))
+        else:
+            current.append(r)
+    return Results(name, grid, tidy(current), current, stale)
+
+
+def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (cell, run seed, peer, protocol, setting, metric): the value averaged over the
+    evaluation's own seeds."""
+    frames = []
+    for r in records:
+        df = pd.DataFrame(r["rows"], columns=r["columns"])
+        df["cell"], df["run_seed"] = r["cell"], r["seed"]
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["cell", "seed", "peer", "protocol", "setting", "metric", "value"])
+    df = pd.concat(frames, ignore_index=True)
+    df["value"] = pd.to_numeric(df["value"])
+    out = df.groupby(["cell", "run_seed", "peer", "protocol", "setting", "metric"], sort=False)["value"].mean()
+    return out.reset_index().rename(columns={"run_seed": "seed"})
+
+
+def main_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The headline numbers: top-1 of every protocol (corruptions: clean and the mean over all) and the
+    t-SNE silhouette."""
+    keep = ((table["metric"] == "top1") & ((table["protocol"] != "corruptions")
+                                           | table["setting"].isin(["clean", "mean"])))
+    keep |= (table["protocol"] == "tsne") & (table["metric"] == "silhouette")
+    return table[keep]
+
+
+def _row_order(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    rows = list(dict.fromkeys(zip(table["protocol"], table["setting"], table["metric"])))
+    return sorted(rows, key=lambda r: PROTOCOL_ORDER.index(r[0]) if r[0] in PROTOCOL_ORDER else len(PROTOCOL_ORDER))
+
+
+# ============================================================================ the report text
+
+
+def _fmt(value: float, metric: str, sign: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    digits = 3 if metric == "silhouette" else 2
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _mean_std(s: Summary, metric: str, n_all: int) -> str:
+    text = _fmt(s.mean, metric)
+    if s.n > 1:
+        text += f" ± {_fmt(s.std, metric)}"
+    if s.n != n_all:
+        text += f" (n={s.n})"
+    return text
+
+
+def columns_of(results: Results) -> list[tuple[str, str]]:
+    """(cell, peer) in the grid's cell order, peers in each run's order."""
+    order = [c.name for c in results.grid.spec.cells] if results.grid else []
+    pairs = list(dict.fromkeys(zip(results.table["cell"], results.table["peer"])))
+    return sorted(pairs, key=lambda p: order.index(p[0]) if p[0] in order else len(order))
+
+
+def means_table(results: Results) -> str:
+    """Markdown: rows = protocol / setting / metric, columns = cell/peer, entries mean ± std over seeds."""
+    table = main_rows(results.table)
+    if table.empty:
+        return "(no current results)"
+    columns = columns_of(results)
+    n_of = {col: table[(table["cell"] == col[0]) & (table["peer"] == col[1])]["seed"].nunique() for col in columns}
+    head = "| protocol | setting | metric | " + " | ".join(f"{c}/{p} (n={n_of[(c, p)]})" for c, p in columns) + " |"
+    lines = [head, "|---|---|---|" + "---:|" * len(columns)]
+    groups = {k: g["value"].to_numpy() for k, g in table.groupby(KEYS, sort=False)}
+    for protocol, setting, metric in _row_order(table):
+        cells = []
+        for c, p in columns:
+            values = groups.get((c, p, protocol, setting, metric))
+            cells.append("" if values is None else _mean_std(summarize(values), metric, n_of[(c, p)]))
+        lines.append(f"| {protocol} | {setting} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparisons(results: Results) -> list[dict[str, Any]]:
+    """For every compare pair of the grid and every headline row both sides have: the paired difference."""
+    if results.grid is None:
+        return []
+    table = main_rows(results.table)
+    series = {k: dict(zip(g["seed"], g["value"])) for k, g in table.groupby(KEYS, sort=False)}
+    out = []
+    for pair in results.grid.spec.compare:
+        (bc, bp), (tc, tp) = pair.baseline.split("/", 1), pair.treatment.split("/", 1)
+        for protocol, setting, metric in _row_order(table):
+            base, treat = series.get((bc, bp, protocol, setting, metric)), series.get((tc, tp, protocol, setting, metric))
+            if base is None or treat is None:
+                continue
+            out.append({"label": pair.label, "protocol": protocol, "setting": setting, "metric": metric,
+                        "baseline": summarize(base.values()), "treatment": summarize(treat.values()),
+                        "difference": paired_difference(base, treat)})
+    return out
+
+
+def comparisons_table(results: Results) -> str:
+    """Markdown: one row per (pair, protocol, setting, metric) with the paired difference and its interval."""
+    rows = comparisons(results)
+    if not rows:
+        return "(no comparison with results on both sides)"
+    lines = ["| comparison | protocol | setting | baseline | treatment | difference | 95 % CI | n | |",
+             "|---|---|---|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        d, m = r["difference"], r["metric"]
+        ci = "n/a" if d.n < 2 else f"[{_fmt(d.low, m, True)}, {_fmt(d.high, m, True)}]"
+        verdict = "within noise" if d.within_noise else ("better" if d.mean > 0 else "worse")
+        if d.n < MIN_SEEDS:
+            verdict += f"; ⚠ {d.n} seed{'s' if d.n != 1 else ''}: interval not meaningful"
+        setting = r["setting"] + ("" if m == "top1" else f" ({m})")
+        lines.append(f"| {r['label']} | {r['protocol']} | {setting} | {_fmt(r['baseline'].mean, m)} | "
+                     f"{_fmt(r['treatment'].mean, m)} | {_fmt(d.mean, m, True)} | {ci} | {d.n} | {verdict} |")
+    return "\n".join(lines)
+
+
+def seed_warning(results: Results) -> str | None:
+    n = len(results.seeds)
+    if 0 < n < MIN_SEEDS:
+        return (f"⚠ only {n} seed{'s' if n != 1 else ''} ({', '.join(map(str, results.seeds))}): spreads and "
+                f"intervals from fewer than {MIN_SEEDS} seeds are not meaningful; run more seeds before "
+                "drawing conclusions.")
+    return None
+
+
+def readme_block(results: Results) -> str:
+    """What goes between the README's ``<!-- report:NAME -->`` markers: the headline tables."""
+    parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))} "
+             f"(mean ± std over seeds; `dogo report results/{results.name}` regenerates this block)."]
+    warning = seed_warning(results)
+    if warning:
+        parts.append(warning)
+    parts += [means_table(results), "Paired differences (treatment - baseline, same seeds):", comparisons_table(results)]
+    return "\n\n".join(parts)
+
+
+def format_report(results: Results, figures: list[Path] | None = None) -> str:
+    """The whole REPORT.md."""
+    devices = sorted({r.get("device", "?") for r in results.records})
+    versions = sorted({f"dogo {r.get('dogo_version')}, numerics {r.get('numerics_version')}" for r in results.records})
+    ladder = sorted({str(r.get("corruption_ladder")) for r in results.records})
+    parts = [f"# Report: {results.name}", readme_block(results)]
+    details = [f"- devices: {', '.join(devices) or 'none'}", f"- code: {'; '.join(versions) or 'none'}",
+               f"- corruption ladder: {', '.join(ladder) or 'none'}"]
+    if results.grid is None:
+        details.append("- no grid file found: staleness checked against this code's versions only, no comparisons")
+    parts.append("## Provenance\n\n" + "\n".join(details))
+    if results.stale:
+        parts.append("## Stale results (not in any table; re-run with `dogo grid ... --rerun-stale`)\n\n"
+                     + "\n".join(f"- {name}: {'; '.join(reasons)}" for name, reasons in results.stale))
+    if figures:
+        parts.append("## Figures\n\n" + "\n".join(f"- {p}" for p in figures))
+    return "\n\n".join(parts) + "\n"
+
+
+# ============================================================================ figures
+
+
+def plot_bars(results: Results):
+    """Headline top-1 per protocol and setting: one bar per (cell, peer), error bars = std over seeds."""
+    from matplotlib.figure import Figure
+
+    table = main_rows(results.table)
+    table = table[table["metric"] == "top1"]
+    rows = _row_order(table)
+    columns = columns_of(results)
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) * max(1, len(columns)) * 0.45 + 2), 4.4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(columns))
+    groups = {k: g["value"].to_numpy() for k, g in table.groupby(KEYS, sort=False)}
+    for i, (c, p) in enumerate(columns):
+        stats = [summarize(groups.get((c, p, *row), [])) for row in rows]
+        x = np.arange(len(rows)) + (i - (len(columns) - 1) / 2) * width
+        ax.bar(x, [s.mean for s in stats], width, yerr=[0 if math.isnan(s.std) else s.std for s in stats],
+               capsize=2, label=f"{c}/{p}")
+    ax.set_xticks(np.arange(len(rows)), [f"{prot}\n{setting}" for prot, setting, _ in rows], fontsize=7)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{results.name}: mean ± std over seeds {', '.join(map(str, results.seeds))}")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_knn_curves(results: Results):
+    """The kNN monitor over epochs per (cell, peer): mean over seeds, band = ± std."""
+    from matplotlib.figure import Figure
+
+    curves: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in results.records:
+        epochs = r.get("curves", {}).get("epoch", [])
+        for peer, values in r.get("curves", {}).get("peers", {}).items():
+            for epoch, acc in zip(epochs, values.get("knn_top1", [])):
+                if acc is not None:
+                    curves.setdefault((r["cell"], peer), {}).setdefault(epoch, []).append(acc)
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for c, p in columns_of(results):
+        points = curves.get((c, p))
+        if not points:
+            continue
+        epochs = sorted(points)
+        stats = [summarize(points[e]) for e in epochs]
+        mean = np.array([s.mean for s in stats])
+        std = np.array([0.0 if math.isnan(s.std) else s.std for s in stats])
+        ax.plot(epochs, mean, marker="o", label=f"{c}/{p}")
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title=f"{results.name}: kNN monitor (mean ± std over seeds)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def tsne_panels(results: Results) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For every compare pair: the stored t-SNE of the baseline and of the treatment peer (first seed
+    both have), e.g. alone vs with its peer."""
+    by_key = {(r["cell"], r["seed"]): r for r in results.records}
+    panels = {}
+    pairs = results.grid.spec.compare if results.grid else []
+    for pair in pairs:
+        (bc, bp), (tc, tp) = pair.baseline.split("/", 1), pair.treatment.split("/", 1)
+        seeds = [s for s in results.seeds if (bc, s) in by_key and (tc, s) in by_key]
+        for cell, peer in ((bc, bp), (tc, tp)):
+            stored = by_key[(cell, seeds[0])].get("tsne", {}).get(peer) if seeds else None
+            if stored:
+                panels[f"{cell}/{peer} (seed {seeds[0]})"] = (np.column_stack([stored["x"], stored["y"]]),
+                                                              np.asarray(stored["label"]))
+    return panels
+
+
+def write_figures(results: Results, directory: str | Path) -> list[Path]:
+    """``NAME_bars.png``, ``NAME_knn_curves.png`` and, when t-SNE was stored, ``NAME_tsne.png``."""
+    from .evaluate import draw_embeddings
+    from .viz import save_figure
+
+    if not results.records:
+        return []
+    written = [save_figure(plot_bars(results), directory, f"{results.name}_bars.png"),
+               save_figure(plot_knn_curves(results), directory, f"{results.name}_knn_curves.png")]
+    panels = tsne_panels(results)
+    if panels:
+        classes = next((r.get("classes") for r in results.records if r.get("classes")), None)
+        fig = draw_embeddings(panels, None, class_names=classes, title=f"{results.name}: t-SNE of test features")
+        written.append(save_figure(fig, directory, f"{results.name}_tsne.png"))
+    return written
+
+
+# ============================================================================ README block
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- report:{name} -->", f"<!-- /report:{name} -->"
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    """The marked report blocks of a README: name -> content between the markers (stripped)."""
+    pattern = re.compile(r"<!-- report:([A-Za-z0-9_.-]+) -->\n(.*?)\n?<!-- /report:\1 -->", re.S)
+    return {m.group(1): m.group(2).strip() for m in pattern.finditer(text)}
+
+
+def replace_readme_block(text: str, name: str, block: str) -> str:
+    """``text`` with the content between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->`` replaced."""
+    start, end = _markers(name)
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise DogoError(f"the README has no block {start} ... {end}; add both markers where the table should go")
+    return text[: i + len(start)] + "\n" + block.strip() + "\n" + text[j:]
+
+
+# ============================================================================ command line
+
+
+def write_report(results_dir: str | Path, grid: str | Path | None = None, figures: str | Path | None = "figures",
+                 readme: str | Path | None = None) -> tuple[Results, str]:
+    """Load the results, write ``REPORT.md`` into the result folder (figures into ``figures``, the block
+    into ``readme`` when given); return the results and the report text."""
+    from .runlog import atomic_write_bytes
+
+    results = load_results(results_dir, grid)
+    paths = write_figures(results, figures) if figures is not None else []
+    text = format_report(results, paths)
+    atomic_write_bytes(Path(results_dir) / "REPORT.md", lambda f: f.write(text.encode()))
+    if readme is not None:
+        readme = Path(readme)
+        if not readme.is_file():
+            raise DogoError(f"README {readme} does not exist")
+        updated = replace_readme_block(readme.read_text(), results.name, readme_block(results))
+        atomic_write_bytes(readme, lambda f: f.write(updated.encode()))
+    return results, text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``dogo report`` subcommand."""
+    parser.description = ("Summarise a grid's results (mean ± std over seeds, paired differences with 95 % "
+                          "intervals), write REPORT.md into the result folder and the figures.")
+    parser.add_argument("results", metavar="RESULTS_DIR", help="a grid's result folder, e.g. results/NAME")
+    parser.add_argument("--grid", default=None, metavar="GRID.yaml",
+                        help="the grid file (default configs/grids/NAME.yaml): decides what is stale and the comparisons")
+    parser.add_argument("--figures", default="figures", metavar="DIR", help="where NAME_*.png go (default figures/)")
+    parser.add_argument("--no-figures", action="store_true", help="write no figures")
+    parser.add_argument("--readme", default=None, metavar="README.md",
+                        help="rewrite the block between <!-- report:NAME --> and <!-- /report:NAME --> in place")
+    parser.set_defaults(func=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    _, text = write_report(args.results, args.grid, None if args.no_figures else args.figures, args.readme)
+    print(text)
+    return 0
+
+
+__all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
+           "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block"]

@@ -1,0 +1,383 @@
+"""The grid runner: one JSON per (cell, seed), resumable, locked, sharded, stale results kept apart.
+
+A tiny grid (two cells, two seeds, 256 Fashion-MNIST images, one epoch, kNN + linear + t-SNE on 100
+images) is run once per module; tests that need more runs restrict them with ``only``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import dogo
+import dogo.grid
+from dogo.cli import main
+from dogo.errors import ConfigError
+from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid, plan, run_grid
+
+from .helpers import run_cli
+
+TINY = ["data.limit=256", "data.eval_limit=200", "train.epochs=1", "train.batch_size=128", "train.knn_k=20",
+        "train.progress=false"]
+
+
+def tiny_grid_data(**changes) -> dict:
+    data = {
+        "name": "tiny",
+        "seeds": [0, 1],
+        "eval": {"protocols": ["knn", "linear", "tsne"], "limit": 100, "seeds": [0], "tsne_points": 30},
+        "compare": [{"label": "small: DoGo - alone", "baseline": "alone/small", "treatment": "dogo/small"}],
+        "cells": [
+            {"name": "alone", "config": "configs/fashion_mnist_quick.yaml", "estimate_s": 1,
+             "overrides": [*TINY, "peers=[{name: small, width: 4}]"]},
+            {"name": "dogo", "config": "configs/fashion_mnist_quick.yaml", "estimate_s": 1,
+             "overrides": [*TINY, "peers=[{name: small, width: 4}, {name: large, width: 8}]"]},
+        ],
+    }
+    data.update(changes)
+    return data
+
+
+def write_grid(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny grid run to the end once (under a generous time budget): its results and run folders."""
+    root = tmp_path_factory.mktemp("grid")
+    grid = load_grid(data=tiny_grid_data())
+    outcome = run_grid(grid, root / "results", root / "runs", time_budget=3600)
+    return grid, root, outcome
+
+
+def copy_of(finished, tmp_path: Path, drop: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A copy of the finished grid's results and run folders, without the results named in ``drop``."""
+    _, root, _ = finished
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    shutil.copytree(root / "results", results)
+    shutil.copytree(root / "runs", runs)
+    for key in drop:
+        (results / f"{key}.json").unlink()
+    return results, runs
+
+
+def test_grid_writes_one_small_json_per_cell_and_seed(finished):
+    grid, root, outcome = finished
+    assert sorted(outcome["ran"]) == ["alone-s0", "alone-s1", "dogo-s0", "dogo-s1"]
+    files = sorted(p.name for p in (root / "results").glob("*.json"))
+    assert files == ["alone-s0.json", "alone-s1.json", "dogo-s0.json", "dogo-s1.json"]
+    for path in (root / "results").glob("*.json"):
+        text = path.read_text()
+        assert len(text.encode()) < 200_000
+        assert socket.gethostname() not in text
+        r = json.loads(text)
+        cfg = grid.config(r["cell"], r["seed"])
+        assert r["schema_version"] == SCHEMA_VERSION and r["numerics_version"] == NUMERICS_VERSION
+        assert r["grid"] == "tiny" and path.name == f"{r['cell']}-s{r['seed']}.json"
+        assert r["config"] == cfg.to_dict() and r["config"]["seed"] == r["seed"]
+        assert r["config_hash"] == config_hash(cfg)
+        assert r["dogo_version"] == dogo.__version__ and "git_commit" in r
+        assert r["eval_settings"] == grid.eval_settings and r["corruption_ladder"] == "strong"
+        assert r["eval_settings"]["protocols"] == ["knn", "linear", "tsne"] and r["eval_settings"]["limit"] == 100
+        rows = [dict(zip(r["columns"], row)) for row in r["rows"]]
+        peers = [p.name for p in cfg.peers]
+        assert {(x["peer"], x["protocol"]) for x in rows} == {(p, q) for p in peers for q in ("knn", "linear", "tsne")}
+        assert all(x["n_test"] == 100 for x in rows if x["protocol"] != "tsne")
+        assert set(r["curves"]["peers"]) == set(peers) and r["curves"]["epoch"] == [1]
+        for curve in r["curves"]["peers"].values():
+            assert len(curve["knn_top1"]) == 1 and curve["knn_top1"][0] is not None
+            assert len(curve["ssl_loss"]) == 1 and curve["ssl_loss"][0] is not None
+        assert set(r["tsne"]) == set(peers)
+        for points in r["tsne"].values():
+            assert 10 <= len(points["x"]) == len(points["y"]) == len(points["label"]) <= 1000
+        assert r["classes"][0] == "T-shirt/top"
+        assert r["seconds"]["total"] == pytest.approx(r["seconds"]["train"] + r["seconds"]["eval"], abs=0.02)
+        assert set(r["versions"]) >= {"torch", "torchvision", "numpy", "sklearn"} and r["device"] and r["date"]
+
+
+def test_second_invocation_runs_nothing(finished, tmp_path):
+    grid, _, _ = finished
+    results, runs = copy_of(finished, tmp_path)
+    before = {p.name: p.read_bytes() for p in results.glob("*.json")}
+    assert run_grid(grid, results, runs)["ran"] == []
+    assert {p.name: p.read_bytes() for p in results.glob("*.json")} == before
+    assert [j.status for j in plan(grid, results)] == ["done"] * 4
+
+
+def test_changed_settings_make_results_stale_and_only_rerun_stale_reruns_them(finished, tmp_path):
+    results, runs = copy_of(finished, tmp_path)
+    data = tiny_grid_data()
+    data["cells"][0]["overrides"] = [*data["cells"][0]["overrides"], "train.lr=0.002"]
+    grid = load_grid(data=data)
+    states = {j.key: (j.status, j.reasons) for j in plan(grid, results)}
+    assert states["alone-s0"] == ("stale", ["config changed"]) and states["alone-s1"][0] == "stale"
+    assert states["dogo-s0"] == ("done", [])
+    # A setting that does not change what a run learns keeps the result current.
+    data["cells"][1]["overrides"] = [*data["cells"][1]["overrides"], "train.log_every=7", "device=cpu"]
+    assert plan(load_grid(data=data), results, only="dogo")[0].status == "done"
+    # Evaluation settings and the numerics version count too.
+    changed_eval = tiny_grid_data(eval={**tiny_grid_data()["eval"], "limit": 120})
+    assert {j.status for j in plan(load_grid(data=changed_eval), results)} == {"stale"}
+    assert plan(load_grid(data=changed_eval), results)[0].reasons == ["eval settings changed: limit"]
+    assert run_grid(grid, results, runs)["ran"] == []  # stale results are listed, not re-run
+    before = (results / "alone-s0.json").read_bytes()
+    assert run_grid(grid, results, runs, rerun_stale=True, only="alone-s0")["ran"] == ["alone-s0"]
+    assert (results / "alone-s0.json").read_bytes() != before
+    assert json.loads((results / "alone-s0.json").read_text())["config"]["train"]["lr"] == 0.002
+    assert plan(grid, results, only="alone-s0")[0].status == "done"
+
+
+def test_numerics_version_change_makes_every_result_stale(finished, tmp_path, monkeypatch):
+    grid, _, _ = finished
+    results, _ = copy_of(finished, tmp_path)
+    monkeypatch.setattr(dogo.grid, "NUMERICS_VERSION", NUMERICS_VERSION + 1)
+    jobs = plan(grid, results)
+    assert {j.status for j in jobs} == {"stale"}
+    assert jobs[0].reasons == [f"numerics version {NUMERICS_VERSION} (now {NUMERICS_VERSION + 1})"]
+
+
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_held_lock_skips_the_cell_and_a_killed_holder_blocks_nothing(finished, tmp_path):
+    grid, _, _ = finished
+    results, runs = copy_of(finished, tmp_path, drop=("alone-s0", "dogo-s1"))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(results / ".alone-s0.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert [j.locked for j in plan(grid, results) if j.key == "alone-s0"] == [True]
+        outcome = run_grid(grid, results, runs)
+        assert outcome["skipped"] == ["alone-s0"] and outcome["ran"] == ["dogo-s1"]
+        assert not (results / "alone-s0.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert [j.locked for j in plan(grid, results) if j.key == "alone-s0"] == [False]
+    assert run_grid(grid, results, runs)["ran"] == ["alone-s0"]
+    assert (results / "alone-s0.json").is_file()
+
+
+def test_a_crash_while_writing_leaves_no_result(finished, tmp_path, monkeypatch):
+    grid, _, _ = finished
+    results, runs = copy_of(finished, tmp_path, drop=("dogo-s0",))
+    real_replace = os.replace
+
+    def killed_before_rename(src, dst):
+        if str(dst).endswith(".json"):
+            raise SystemExit("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_rename)
+    with pytest.raises(SystemExit):
+        run_grid(grid, results, runs, only="dogo-s0")  # training is reused; evaluation runs, the write dies
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(p.name for p in results.iterdir() if not p.name.endswith(".lock")) == [
+        "alone-s0.json", "alone-s1.json", "dogo-s1.json"]
+    assert [j.status for j in plan(grid, results, only="dogo-s0")] == ["pending"]
+
+
+def test_shards_are_disjoint_and_complete():
+    grid = load_grid(data=tiny_grid_data(seeds=[0, 1, 2, 3, 4]))
+    everything = [j.key for j in plan(grid, "/nonexistent")]
+    assert len(everything) == 10
+    for n in (1, 2, 3, 4):
+        slices = [[j.key for j in plan(grid, "/nonexistent", shard=(i, n))] for i in range(1, n + 1)]
+        assert sorted(sum(slices, [])) == sorted(everything)
+        assert all(set(a).isdisjoint(b) for k, a in enumerate(slices) for b in slices[k + 1:])
+        assert max(map(len, slices)) - min(map(len, slices)) <= 1
+    assert [j.key for j in plan(grid, "/nonexistent", shard=(2, 3))] == ["dogo-s0", "alone-s2", "dogo-s3"]
+    assert [j.key for j in plan(grid, "/nonexistent", only="dogo")] == [f"dogo-s{s}" for s in range(5)]
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b"])
+def test_bad_shard_is_one_error_line(text, tmp_path, capsys):
+    grid_file = write_grid(tmp_path / "g.yaml", tiny_grid_data())
+    assert main(["grid", str(grid_file), "--shard", text, "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --shard: expected I/N with 1 <= I <= N (e.g. 2/3), got {text!r}"]
+
+
+def test_dry_run_lists_the_state_and_writes_nothing(finished, tmp_path, capsys):
+    results, runs = copy_of(finished, tmp_path, drop=("dogo-s1",))
+    data = tiny_grid_data()
+    data["cells"][0]["overrides"] = [*data["cells"][0]["overrides"], "train.lr=0.002"]
+    grid_file = write_grid(tmp_path / "g.yaml", data)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert main(["grid", str(grid_file), "--results", str(results), "--runs", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    lines = {line.split()[1]: line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    assert lines == {"alone-s0": "stale", "alone-s1": "stale", "dogo-s0": "done", "dogo-s1": "pending"}
+    recorded = json.loads((results / "dogo-s0.json").read_text())["seconds"]["total"]
+    assert f"dogo-s1                          estimate {recorded:.0f} s" in out  # the median of dogo's one result
+    assert out.strip().endswith(f"1 done, 1 pending (about {recorded:.0f} s), 2 stale (re-run with --rerun-stale)")
+    fresh = tmp_path / "fresh"
+    assert main(["grid", str(grid_file), "--results", str(fresh), "--dry-run"]) == 0
+    assert not fresh.exists() and "0 done, 4 pending (about 4 s), 0 stale" in capsys.readouterr().out
+
+
+def test_time_budget_starts_no_cell_that_does_not_fit(tmp_path):
+    data = tiny_grid_data()
+    data["cells"][0]["estimate_s"] = 1000
+    del data["cells"][1]["estimate_s"]
+    grid = load_grid(data=data)
+    outcome = run_grid(grid, tmp_path / "results", tmp_path / "runs", time_budget=60, say=lambda m: None)
+    assert outcome["ran"] == [] and sorted(outcome["not_started"]) == ["alone-s0", "alone-s1", "dogo-s0", "dogo-s1"]
+    assert not list((tmp_path / "results").glob("*.json")) and not (tmp_path / "runs").exists()
+
+
+def test_parallel_workers_share_the_grid_without_running_a_cell_twice(tmp_path):
+    data = tiny_grid_data(compare=[])
+    data["cells"] = data["cells"][:1]
+    grid_file = write_grid(tmp_path / "g.yaml", data)
+    results = tmp_path / "results"
+    proc = run_cli("grid", str(grid_file), "--results", str(results), "--runs", str(tmp_path / "runs"),
+                   "--parallel", "2", env={"PYTHONPATH": str(Path(dogo.grid.__file__).parent.parent)})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in results.glob("*.json")) == ["alone-s0.json", "alone-s1.json"]
+    started = [line.split("] running ")[1].split()[0] for line in proc.stdout.splitlines() if "] running " in line]
+    assert sorted(started) == ["alone-s0", "alone-s1"]  # each cell once, whichever worker took it
+    assert proc.stdout.count("workers finished with exit codes [0, 0]") == 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seed": [0]}, "seed: unknown key (did you mean 'seeds'?)"),
+    ({"seeds": []}, "seeds: give at least one seed"),
+    ({"seeds": [0, 0]}, "seeds: must be distinct non-negative integers, got [0, 0]"),
+    ({"seeds": "0"}, "seeds: expected a list, got '0'"),
+    ({"name": "my grid"}, "name: 'my grid' must be letters, digits, '_', '-' or '.' (it names files)"),
+    ({"eval": {"protocols": ["knn", "lineare"]}},
+     "eval.protocols: unknown protocol 'lineare' (did you mean 'linear'?)"),
+    ({"eval": {"tnse_points": 10}}, "eval: unknown setting 'tnse_points' (did you mean 'tsne_points'?)"),
+    ({"eval": {"corruption_limit": 10, "tsne_points": 3}}, "eval.tsne_points: need at least 10, got 3"),
+    ({"eval": {"limit": "many"}}, "eval.limit: expected an integer or null, got 'many'"),
+    ({"eval": {"device": "cpu"}}, "eval.device: set by the grid runner, not by the grid file"),
+    ({"compare": [{"baseline": "alone/large", "treatment": "dogo/small"}]},
+     "compare[0].baseline: cell 'alone' has no peer 'large' (write cell/peer; its peers are small)"),
+    ({"compare": [{"baseline": "alone/small", "treatment": "dogoo/small"}]},
+     "compare[0].treatment: no cell 'dogoo'; cells are alone, dogo"),
+])
+def test_bad_grid_files_give_one_clear_error(change, message):
+    with pytest.raises(ConfigError) as info:
+        load_grid(data=tiny_grid_data(**change))
+    assert str(info.value).startswith(message)
+
+
+def test_bad_cells_give_one_clear_error(tmp_path, capsys):
+    data = tiny_grid_data()
+    data["cells"][1]["overrides"] = ["train.epohcs=2"]
+    with pytest.raises(ConfigError, match=r"^cells\[1\] \(dogo\): train.epohcs: unknown key \(did you mean 'epochs'"):
+        load_grid(data=data)
+    data = tiny_grid_data()
+    data["cells"][1]["name"] = "alone"
+    with pytest.raises(ConfigError, match=r"^cells\[1\].name: 'alone' is used twice$"):
+        load_grid(data=data)
+    data = tiny_grid_data()
+    data["cells"][0]["estimate"] = 3
+    with pytest.raises(ConfigError, match=r"^cells\[0\].estimate: unknown key \(did you mean 'estimate_s'\?\)"):
+        load_grid(data=data)
+    data["cells"][0] = {"name": "x", "config": "configs/nope.yaml"}
+    grid_file = write_grid(tmp_path / "g.yaml", data)
+    assert main(["grid", str(grid_file), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cells[0] (x): config file ") and "does not exist" in err[0]
+    assert main(["grid", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: grid file {str(tmp_path / 'missing.yaml')!r} does not exist"
+
+
+def test_committed_grid_files_are_valid():
+    files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
+    assert [f.name for f in files] == ["ablations_cnn.yaml", "cpu_fmnist_cnn.yaml", "gpu_fmnist_r18_r50.yaml"]
+    for f in files:
+        grid = load_grid(f)
+        assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
+    cpu = load_grid(REPO / "configs/grids/cpu_fmnist_cnn.yaml")
+    assert cpu.spec.seeds == [0, 1, 2, 3, 4]
+    assert [p.width for p in cpu.config("small_alone", 0).peers] == [16]
+    assert [p.width for p in cpu.config("dogo", 3).peers] == [16, 48] and cpu.config("dogo", 3).seed == 3
+    from dogo.config import load_config
+    from dogo.quickstart import DEFAULT_CONFIG, baseline_of
+
+    # The small CNN alone is exactly the quickstart's baseline (up to its name).
+    assert config_hash(cpu.config("small_alone", 0)) == config_hash(baseline_of(load_config(DEFAULT_CONFIG)))
+
+
+
+def test_a_failing_cell_is_reported_and_the_others_still_run(finished, tmp_path, monkeypatch):
+    grid, _, _ = finished
+    results, runs = copy_of(finished, tmp_path, drop=("alone-s1", "dogo-s1"))
+    real_run_cell = dogo.grid.run_cell
+
+    def out_of_memory_for_alone(grid, cell, seed, *args, **kwargs):
+        if cell == "alone":
+            raise RuntimeError("CUDA out of memory")
+        return real_run_cell(grid, cell, seed, *args, **kwargs)
+
+    monkeypatch.setattr(dogo.grid, "run_cell", out_of_memory_for_alone)
+    messages = []
+    outcome = run_grid(grid, results, runs, say=messages.append)
+    assert outcome["failed"] == ["alone-s1"] and outcome["ran"] == ["dogo-s1"]
+    assert any(m.startswith("failed alone-s1:") and "CUDA out of memory" in m for m in messages)
+    assert [j.status for j in plan(grid, results, only="alone-s1")] == ["pending"]
+
+
+def test_report_of_a_real_grid_run(finished, tmp_path, capsys):
+    results, _ = copy_of(finished, tmp_path)
+    grid_file = write_grid(tmp_path / "g.yaml", tiny_grid_data())
+    assert main(["report", str(results), "--grid", str(grid_file), "--figures", str(tmp_path / "fig")]) == 0
+    report = (results / "REPORT.md").read_text()
+    assert capsys.readouterr().out.strip() == report.strip()
+    assert "⚠ only 2 seeds (0, 1)" in report and "| small: DoGo - alone | linear | fast |" in report
+    assert "alone/small (n=2) | dogo/small (n=2) | dogo/large (n=2)" in report
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["tiny_bars.png", "tiny_knn_curves.png",
+                                                                    "tiny_tsne.png"]
+
+
+def test_tiny_variant_of_the_gpu_study_grid():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from tiny_grid import tiny_grid
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    data = tiny_grid(REPO / "configs/grids/gpu_fmnist_r18_r50.yaml")
+    grid = load_grid(data=data)
+    assert grid.name == "gpu_fmnist_r18_r50_tiny" and grid.spec.seeds == [0]
+    assert [c.name for c in grid.spec.cells] == ["r18_alone", "r50_alone", "r18_r50"] and len(grid.spec.compare) == 2
+    for cell in grid.spec.cells:
+        cfg = grid.config(cell.name, 0)
+        assert {p.backbone for p in cfg.peers} == {"cnn"} and cfg.data.limit == 256 and cfg.train.epochs == 1
+    assert [p.name for p in grid.config("r18_r50", 0).peers] == ["r18", "r50"]
+
+
+@pytest.mark.slow
+def test_gpu_study_script_plumbing_with_no_time_left(tmp_path):
+    """The study script end to end on the CPU (tiny grid) with a zero time budget: it plans, starts no
+    cell, copies nothing and writes an empty report; a real tiny run is `GPU_STUDY_TINY=1 bash ...`."""
+    out = tmp_path / "out"
+    env = dict(os.environ, GPU_STUDY_TINY="1", OUT=str(out), PYTHON=sys.executable, TIME_BUDGET="0",
+               PARALLEL="1", RUNS=str(tmp_path / "runs"), PYTHONPATH=str(REPO))
+    proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu_study.sh")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 done, 3 pending (about 180 s), 0 stale" in (out / "plan_before.txt").read_text()
+    assert "not starting r18_alone-s0: estimate 60 s, 0 s of the time budget left" in (out / "grid.log").read_text()
+    report = (out / "results/gpu_fmnist_r18_r50_tiny/REPORT.md").read_text()
+    assert report.startswith("# Report: gpu_fmnist_r18_r50_tiny") and "(no current results)" in report

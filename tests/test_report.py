@@ -1,0 +1,202 @@
+"""The grid report: statistics with hand-computed expectations, tables from result files, the README block."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dogo.cli import main
+from dogo.errors import DogoError
+from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
+from dogo.report import (
+    load_results,
+    paired_difference,
+    readme_block,
+    readme_blocks,
+    replace_readme_block,
+    summarize,
+    write_report,
+)
+
+from .test_grid import tiny_grid_data
+
+T_975_DOF1 = 12.706204736174707  # Student t quantiles, from tables
+T_975_DOF2 = 4.302652729749464
+
+
+def test_summarize_is_mean_sample_std_and_count():
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert (s.mean, s.n) == (2.5, 4)
+    assert s.std == pytest.approx(math.sqrt(5 / 3), rel=1e-12)
+    one = summarize([7.0])
+    assert (one.mean, one.n) == (7.0, 1) and math.isnan(one.std)
+    assert summarize([]).n == 0
+
+
+def test_paired_difference_on_hand_computed_numbers():
+    # d = (1, 2, 0): mean 1, sd 1, n 3, half width t_{0.975,2} / sqrt(3)
+    d = paired_difference({0: 1.0, 1: 2.0, 2: 3.0, 9: 100.0}, {0: 2.0, 1: 4.0, 2: 3.0})
+    half = T_975_DOF2 / math.sqrt(3)
+    assert (d.mean, d.n) == (1.0, 3)
+    assert (d.low, d.high) == (pytest.approx(1 - half, rel=1e-9), pytest.approx(1 + half, rel=1e-9))
+    assert d.within_noise
+    # d = (2, 3, 4): mean 3, sd 1: the interval [0.516, 5.484] excludes 0
+    d = paired_difference({0: 0.0, 1: 0.0, 2: 0.0}, {0: 2.0, 1: 3.0, 2: 4.0})
+    assert d.low == pytest.approx(3 - half, rel=1e-9) and not d.within_noise
+    # two seeds: d = (1, 3), mean 2, sd sqrt(2): half width t_{0.975,1} * sqrt(2) / sqrt(2)
+    d = paired_difference({0: 0.0, 1: 0.0}, {0: 1.0, 1: 3.0})
+    assert (d.low, d.high) == (pytest.approx(2 - T_975_DOF1, rel=1e-9), pytest.approx(2 + T_975_DOF1, rel=1e-9))
+    one = paired_difference({0: 1.0}, {0: 4.0})
+    assert one.mean == 3.0 and one.n == 1 and math.isnan(one.low) and one.within_noise
+
+
+def fake_record(grid, cell: str, seed: int, knn: dict[str, float], limited: dict[str, tuple[float, float]]) -> dict:
+    """A result as dogo.grid writes it, with chosen numbers: kNN top-1 per peer, and per peer the
+    limited-label top-1 of two evaluation seeds."""
+    cfg = grid.config(cell, seed)
+    columns = ["peer", "protocol", "setting", "group", "level", "metric", "value", "seed", "dataset", "n_train",
+               "n_test"]
+    rows = []
+    for peer, value in knn.items():
+        rows.append([peer, "knn", "k=200 T=0.1", "", 200, "top1", value, None, "fashion_mnist", 100, 100])
+        rows.append([peer, "linear", "fast", "", None, "val_top1", 99.0, 0, "fashion_mnist", 100, 100])
+    for peer, (a, b) in limited.items():
+        rows.append([peer, "limited", "10% labels", "", 0.1, "top1", a, 0, "fashion_mnist", 10, 100])
+        rows.append([peer, "limited", "10% labels", "", 0.1, "top1", b, 1, "fashion_mnist", 10, 100])
+    peers = list(knn)
+    return {"schema_version": SCHEMA_VERSION, "grid": grid.name, "cell": cell, "seed": seed,
+            "config_hash": config_hash(cfg), "numerics_version": NUMERICS_VERSION, "dogo_version": "0.1.0",
+            "eval_settings": grid.eval_settings, "corruption_ladder": "strong", "config": cfg.to_dict(),
+            "columns": columns, "rows": rows, "classes": [str(i) for i in range(10)],
+            "tsne": {p: {"x": [0.0, 1.0, 2.0, 3.0], "y": [1.0, 0.0, 1.0, 0.0], "label": [0, 0, 1, 1]} for p in peers},
+            "curves": {"epoch": [1, 2], "peers": {p: {"knn_top1": [10.0 + seed, 20.0 + seed]} for p in peers}},
+            "seconds": {"total": 1.0}, "device": "cpu", "date": "2026-01-01T00:00:00+00:00"}
+
+
+@pytest.fixture
+def three_seeds(tmp_path):
+    """Result files of the tiny grid over seeds 0, 1, 2 with chosen numbers, plus one stale file."""
+    grid = load_grid(data=tiny_grid_data(seeds=[0, 1, 2]))
+    folder = tmp_path / "results" / "tiny"
+    folder.mkdir(parents=True)
+    alone = {0: 50.0, 1: 52.0, 2: 54.0}
+    dogo_small = {0: 52.0, 1: 55.0, 2: 58.0}  # d = (2, 3, 4)
+    for seed in (0, 1, 2):
+        records = {
+            "alone": fake_record(grid, "alone", seed, {"small": alone[seed]}, {"small": (40.0, 42.0)}),
+            "dogo": fake_record(grid, "dogo", seed, {"small": dogo_small[seed], "large": 60.0},
+                                {"small": (41.0, 43.0 + seed), "large": (50.0, 50.0)}),
+        }
+        for cell, record in records.items():
+            (folder / f"{cell}-s{seed}.json").write_text(json.dumps(record))
+    stale = fake_record(grid, "alone", 0, {"small": 99.0}, {"small": (99.0, 99.0)})
+    stale["seed"], stale["config_hash"] = 3, "0" * 64
+    (folder / "alone-s3.json").write_text(json.dumps(stale))
+    grid_file = tmp_path / "tiny.yaml"
+    grid_file.write_text(json.dumps(tiny_grid_data(seeds=[0, 1, 2])))
+    return grid, folder, grid_file
+
+
+def test_report_tables_from_result_files(three_seeds):
+    grid, folder, _ = three_seeds
+    results = load_results(folder, grid)
+    assert results.seeds == [0, 1, 2] and len(results.records) == 6
+    assert results.stale == [("alone-s3.json", ["not a (cell, seed) of the grid file"])]
+    block = readme_block(results)
+    assert "⚠" not in block
+    lines = block.splitlines()
+    i = lines.index("| protocol | setting | metric | alone/small (n=3) | dogo/small (n=3) | dogo/large (n=3) |")
+    # limited: the evaluation seeds are averaged first (alone 41, 41, 41; dogo/small 42, 42.5, 43)
+    assert lines[i + 2:i + 4] == ["| knn | k=200 T=0.1 | top1 | 52.00 ± 2.00 | 55.00 ± 3.00 | 60.00 ± 0.00 |",
+                                  "| limited | 10% labels | top1 | 41.00 ± 0.00 | 42.50 ± 0.50 | 50.00 ± 0.00 |"]
+    half = T_975_DOF2 / math.sqrt(3)
+    knn = next(line for line in lines if line.startswith("| small: DoGo - alone | knn |"))
+    assert knn == (f"| small: DoGo - alone | knn | k=200 T=0.1 | 52.00 | 55.00 | +3.00 | [{3 - half:+.2f}, {3 + half:+.2f}] "
+                   "| 3 | better |")
+    # limited: d = (1, 1.5, 2): mean 1.5, sd 0.5
+    limited = next(line for line in lines if line.startswith("| small: DoGo - alone | limited |"))
+    assert limited.endswith(f"| +1.50 | [{1.5 - 0.5 * half:+.2f}, {1.5 + 0.5 * half:+.2f}] | 3 | better |")
+    assert "val_top1" not in block and "99" not in block
+
+
+def test_changed_grid_makes_results_stale_in_the_report(three_seeds):
+    _, folder, _ = three_seeds
+    data = tiny_grid_data(seeds=[0, 1, 2])
+    data["cells"][1]["overrides"] = [*data["cells"][1]["overrides"], "train.lr=0.01"]
+    results = load_results(folder, load_grid(data=data))
+    assert {r["cell"] for r in results.records} == {"alone"}
+    assert sorted(name for name, reasons in results.stale if reasons == ["config changed"]) == [
+        "dogo-s0.json", "dogo-s1.json", "dogo-s2.json"]
+    assert "dogo/small" not in readme_block(results)
+
+
+def test_fewer_than_three_seeds_warn_and_never_hide_the_spread(three_seeds):
+    grid, folder, _ = three_seeds
+    for cell in ("alone", "dogo"):
+        (folder / f"{cell}-s2.json").unlink()
+    block = readme_block(load_results(folder, grid))
+    assert "⚠ only 2 seeds (0, 1): spreads and intervals from fewer than 3 seeds are not meaningful" in block
+    knn = next(line for line in block.splitlines() if line.startswith("| small: DoGo - alone | knn |"))
+    # d = (2, 3): mean 2.5, sd sqrt(0.5), half width t_{0.975,1} * sqrt(0.5) / sqrt(2) = t / 2
+    assert knn.endswith(f"| +2.50 | [{2.5 - T_975_DOF1 / 2:+.2f}, {2.5 + T_975_DOF1 / 2:+.2f}] | 2 | "
+                        "within noise; ⚠ 2 seeds: interval not meaningful |")
+
+
+def test_report_command_writes_report_figures_and_the_readme_block(three_seeds, tmp_path, capsys):
+    grid, folder, grid_file = three_seeds
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nintro\n\n<!-- report:tiny -->\nold table\n<!-- /report:tiny -->\n\nafter\n")
+    figures = tmp_path / "figures"
+    assert main(["report", str(folder), "--grid", str(grid_file), "--figures", str(figures),
+                 "--readme", str(readme)]) == 0
+    printed = capsys.readouterr().out
+    report = (folder / "REPORT.md").read_text()
+    assert printed.strip() == report.strip() and report.startswith("# Report: tiny\n")
+    assert "- alone-s3.json: not a (cell, seed) of the grid file" in report
+    assert sorted(p.name for p in figures.iterdir()) == ["tiny_bars.png", "tiny_knn_curves.png", "tiny_tsne.png"]
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nintro\n\n<!-- report:tiny -->\n")
+    assert text.endswith("<!-- /report:tiny -->\n\nafter\n")
+    assert readme_blocks(text) == {"tiny": readme_block(load_results(folder, grid))}
+    # Running it again changes nothing.
+    write_report(folder, grid_file, None, readme)
+    assert readme.read_text() == text
+
+
+def test_readme_without_markers_and_missing_folders_are_one_error_line(three_seeds, tmp_path, capsys):
+    _, folder, grid_file = three_seeds
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert main(["report", str(folder), "--grid", str(grid_file), "--no-figures", "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the README has no block <!-- report:tiny --> ... <!-- /report:tiny -->; "
+                   "add both markers where the table should go"]
+    assert readme.read_text() == "# no markers\n"
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: result folder {tmp_path / 'nowhere'} does not exist"
+    with pytest.raises(DogoError):
+        replace_readme_block("<!-- /report:x -->\n<!-- report:x -->", "x", "table")
+
+
+def test_committed_readme_blocks_match_the_committed_results():
+    """Every README block of a committed result folder is what `dogo report` makes from its JSON files:
+    a block edited by hand, or results committed without regenerating it, fail here."""
+    blocks = readme_blocks((REPO / "README.md").read_text())
+    folders = [p for p in sorted((REPO / "results").glob("*")) if p.is_dir() and list(p.glob("*.json"))] \
+        if (REPO / "results").is_dir() else []
+    for folder in folders:
+        results = load_results(folder)
+        if results.name in blocks:
+            assert blocks[results.name] == readme_block(results), f"README block {results.name} is out of date"
+    assert set(blocks) <= {load_results(f).name for f in folders}, "a README block has no committed results"
+
+
+def test_readme_block_parsing():
+    text = "a\n<!-- report:one -->\n| x |\n<!-- /report:one -->\nb\n<!-- report:two -->\n<!-- /report:two -->\n"
+    assert readme_blocks(text) == {"one": "| x |", "two": ""}
+    assert replace_readme_block(text, "two", "| y |\n") == text.replace(
+        "<!-- report:two -->\n<!-- /report:two -->", "<!-- report:two -->\n| y |\n<!-- /report:two -->")
+
+
