@@ -57,8 +57,6 @@ SCHEMA_VERSION = 1
 # Bumped whenever a change to training or evaluation can change the numbers a cell produces:
 # results recorded under another value are stale.
 NUMERICS_VERSION = 1
-# The corruption ladder of evaluate_run before it had a ``corruption_ladder`` setting.
-DEFAULT_CORRUPTION_LADDER = "strong"
 TSNE_STORED_POINTS = 1000  # at most this many t-SNE points per peer are kept in a result
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Table columns kept in a result (the run's name and folder, and the peer's architecture, are elsewhere).
@@ -147,12 +145,6 @@ def _resolve_eval(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if key in kwargs:
             raise ConfigError(f"eval.{key}: set by the grid runner, not by the grid file")
     fields = {f.name: f.default for f in dataclasses.fields(EvalSettings)}
-    ladder = kwargs.get("corruption_ladder", DEFAULT_CORRUPTION_LADDER)
-    if "corruption_ladder" not in fields:  # this evaluate_run has one ladder only
-        if ladder != DEFAULT_CORRUPTION_LADDER:
-            raise ConfigError(f"eval.corruption_ladder: this version of evaluate_run has only the "
-                              f"{DEFAULT_CORRUPTION_LADDER!r} ladder, got {ladder!r}")
-        kwargs.pop("corruption_ladder", None)
     try:  # evaluate_run validates everything before it looks for the run, which does not exist
         evaluate_run(REPO / "runs" / ".grid-validation-no-such-run", protocols, limit=limit, seeds=seeds,
                      progress=False, figures=False, **kwargs)
@@ -167,7 +159,6 @@ def _resolve_eval(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     protocols = [p for p in PROTOCOLS if p in {q.strip() for item in protocols for q in item.split(",")}]
     settings = {k: v for k, v in fields.items() if k != "cache"}
     settings.update(kwargs)
-    settings.setdefault("corruption_ladder", ladder)
     recorded = json.loads(json.dumps({"protocols": protocols, "limit": limit, "seeds": seeds, **settings},
                                      default=list))
     return {"protocols": protocols, "limit": limit, "seeds": seeds, **kwargs}, recorded

@@ -23,6 +23,7 @@ import dogo.grid
 from dogo.cli import main
 from dogo.errors import ConfigError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid, plan, run_grid
+from dogo.shift import DEFAULT_LADDER
 
 from .helpers import run_cli
 
@@ -88,7 +89,7 @@ def test_grid_writes_one_small_json_per_cell_and_seed(finished):
         assert r["config"] == cfg.to_dict() and r["config"]["seed"] == r["seed"]
         assert r["config_hash"] == config_hash(cfg)
         assert r["dogo_version"] == dogo.__version__ and "git_commit" in r
-        assert r["eval_settings"] == grid.eval_settings and r["corruption_ladder"] == "strong"
+        assert r["eval_settings"] == grid.eval_settings and r["corruption_ladder"] == DEFAULT_LADDER
         assert r["eval_settings"]["protocols"] == ["knn", "linear", "tsne"] and r["eval_settings"]["limit"] == 100
         rows = [dict(zip(r["columns"], row)) for row in r["rows"]]
         peers = [p.name for p in cfg.peers]

@@ -19,6 +19,7 @@ from dogo.report import (
     summarize,
     write_report,
 )
+from dogo.shift import DEFAULT_LADDER
 
 from .test_grid import tiny_grid_data
 
@@ -68,7 +69,7 @@ def fake_record(grid, cell: str, seed: int, knn: dict[str, float], limited: dict
     peers = list(knn)
     return {"schema_version": SCHEMA_VERSION, "grid": grid.name, "cell": cell, "seed": seed,
             "config_hash": config_hash(cfg), "numerics_version": NUMERICS_VERSION, "dogo_version": "0.1.0",
-            "eval_settings": grid.eval_settings, "corruption_ladder": "strong", "config": cfg.to_dict(),
+            "eval_settings": grid.eval_settings, "corruption_ladder": DEFAULT_LADDER, "config": cfg.to_dict(),
             "columns": columns, "rows": rows, "classes": [str(i) for i in range(10)],
             "tsne": {p: {"x": [0.0, 1.0, 2.0, 3.0], "y": [1.0, 0.0, 1.0, 0.0], "label": [0, 0, 1, 1]} for p in peers},
             "curves": {"epoch": [1, 2], "peers": {p: {"knn_top1": [10.0 + seed, 20.0 + seed]} for p in peers}},
