@@ -602,7 +602,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default=None, metavar="I/N", help="take the I-th of N disjoint slices of the grid")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="N worker processes (one device)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="start no cell whose estimate does not fit in the time left")
+                        help="start no cell whose estimate does not fit in the time left (nor one of unknown "
+                             "estimate: give the cell an estimate_s)")
     parser.add_argument("--only", default=None, metavar="PATTERN", help="cells or CELL-sSEED matching this glob")
     parser.add_argument("--rerun-stale", action="store_true", help="also re-run stale results")
     parser.add_argument("--progress", action="store_true", help="progress bars and evaluation messages")
@@ -624,6 +625,9 @@ def _command(args: argparse.Namespace) -> int:
         print(format_plan(plan(grid, results, shard=shard, only=args.only)))
         return 0
     tag = f"[worker {os.getpid()}] " if args.worker else ""
+    if not args.worker:
+        print(f"grid {grid.name}: results {results}, runs {runs}; "
+              + format_plan(plan(grid, results, shard=shard, only=args.only)).splitlines()[-1], flush=True)
     if args.parallel == 1:
         outcome = run_grid(grid, results, runs, shard=shard, only=args.only, rerun_stale=args.rerun_stale,
                            time_budget=args.time_budget, progress=args.progress,
