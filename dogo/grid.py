@@ -624,7 +624,12 @@ def _command(args: argparse.Namespace) -> int:
         print(f"grid {grid.name}: results {results}, runs {runs}")
         print(format_plan(plan(grid, results, shard=shard, only=args.only)))
         return 0
-    tag = f"[worker {os.getpid()}] " if args.worker else ""
+    if args.worker:
+        import torch
+
+        tag = f"[worker {os.getpid()}, {torch.get_num_threads()} threads] "
+    else:
+        tag = ""
     if not args.worker:
         print(f"grid {grid.name}: results {results}, runs {runs}; "
               + format_plan(plan(grid, results, shard=shard, only=args.only)).splitlines()[-1], flush=True)
@@ -643,9 +648,12 @@ def _command(args: argparse.Namespace) -> int:
         if value is not None:
             argv += [flag, str(value)]
     argv += ["--rerun-stale"] * args.rerun_stale + ["--progress"] * args.progress
+    # The workers share the CPU cores (their probes run there even when training runs on a GPU).
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))
     workers = []
     for i in range(args.parallel):
-        workers.append(subprocess.Popen(argv))
+        workers.append(subprocess.Popen(argv, env=env))
         time.sleep(1.0 if i + 1 < args.parallel else 0)  # stagger, so that they take different cells first
     codes = [w.wait() for w in workers]
     print(f"{args.parallel} workers finished with exit codes {codes}")
