@@ -6,7 +6,7 @@
 # can follow each other until the grid is complete. Each cell is evaluated on the device right after
 # training; only the result JSONs (and the report) come back.
 # Prepare on the development machine:  bash benchmarks/prepare_gpu_carry.sh
-# Then:  run(command="bash benchmarks/gpu_study.sh", carry=["data/fashion-mnist", "data/pydeps"], timeout_s=590)
+# Then:  run(command="bash benchmarks/gpu_study.sh", carry=["data/fashion-mnist", "data/pydeps"], timeout_s=600)
 # and copy $OUT/results/gpu_fmnist_r18_r50/*.json into results/gpu_fmnist_r18_r50/ and commit them.
 # Dry run of the plumbing on a CPU (tiny CNNs instead of ResNets, one seed, a minute):
 #   GPU_STUDY_TINY=1 OUT=/tmp/gpu-study bash benchmarks/gpu_study.sh
@@ -45,7 +45,7 @@ cat "$OUT/env.txt"
 "$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" --dry-run | tee "$OUT/plan_before.txt"
 # The time budget keeps the grid from starting a cell that would not finish; the outer limit is a
 # safety net only (a killed cell leaves its checkpoint, not a result).
-timeout $((BUDGET + 90)) "$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" --parallel "$PARALLEL" \
+timeout $((BUDGET + 60)) "$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" --parallel "$PARALLEL" \
   --time-budget "$BUDGET" > "$OUT/grid.log" 2>&1
 rc=$?
 tail -n 40 "$OUT/grid.log"

@@ -593,7 +593,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default=None, metavar="I/N", help="take the I-th of N disjoint slices of the grid")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="N worker processes (one device)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="start no cell whose estimate does not fit in the time left")
+                        help="start no cell whose estimate does not fit in the time left (nor one of unknown "
+                             "estimate: give the cell an estimate_s)")
     parser.add_argument("--only", default=None, metavar="PATTERN", help="cells or CELL-sSEED matching this glob")
     parser.add_argument("--rerun-stale", action="store_true", help="also re-run stale results")
     parser.add_argument("--progress", action="store_true", help="progress bars and evaluation messages")
@@ -614,7 +615,15 @@ def _command(args: argparse.Namespace) -> int:
         print(f"grid {grid.name}: results {results}, runs {runs}")
         print(format_plan(plan(grid, results, shard=shard, only=args.only)))
         return 0
-    tag = f"[worker {os.getpid()}] " if args.worker else ""
+    if args.worker:
+        import torch
+
+        tag = f"[worker {os.getpid()}, {torch.get_num_threads()} threads] "
+    else:
+        tag = ""
+    if not args.worker:
+        print(f"grid {grid.name}: results {results}, runs {runs}; "
+              + format_plan(plan(grid, results, shard=shard, only=args.only)).splitlines()[-1], flush=True)
     if args.parallel == 1:
         outcome = run_grid(grid, results, runs, shard=shard, only=args.only, rerun_stale=args.rerun_stale,
                            time_budget=args.time_budget, progress=args.progress,
@@ -630,9 +639,12 @@ def _command(args: argparse.Namespace) -> int:
         if value is not None:
             argv += [flag, str(value)]
     argv += ["--rerun-stale"] * args.rerun_stale + ["--progress"] * args.progress
+    # The workers share the CPU cores (their probes run there even when training runs on a GPU).
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))
     workers = []
     for i in range(args.parallel):
-        workers.append(subprocess.Popen(argv))
+        workers.append(subprocess.Popen(argv, env=env))
         time.sleep(1.0 if i + 1 < args.parallel else 0)  # stagger, so that they take different cells first
     codes = [w.wait() for w in workers]
     print(f"{args.parallel} workers finished with exit codes {codes}")

@@ -275,7 +275,7 @@ def seed_warning(results: Results) -> str | None:
 def readme_block(results: Results) -> str:
     """What goes between the README's ``<!-- report:NAME -->`` markers: the headline tables."""
     parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))} "
-             f"(mean ± std over seeds; `dogo report results/{results.name}` regenerates this block)."]
+             f"(mean ± std over seeds; `dogo report results/{results.name} --readme README.md` regenerates this block)."]
     warning = seed_warning(results)
     if warning:
         parts.append(warning)

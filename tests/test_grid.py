@@ -257,6 +257,9 @@ def test_parallel_workers_share_the_grid_without_running_a_cell_twice(tmp_path):
     started = [line.split("] running ")[1].split()[0] for line in proc.stdout.splitlines() if "] running " in line]
     assert sorted(started) == ["alone-s0", "alone-s1"]  # each cell once, whichever worker took it
     assert proc.stdout.count("workers finished with exit codes [0, 0]") == 1
+    # The two workers share the cores (unless OMP_NUM_THREADS says otherwise).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // 2))
+    assert f", {threads} threads] running " in proc.stdout
 
 
 @pytest.mark.parametrize(("change", "message"), [
