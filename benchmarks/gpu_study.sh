@@ -7,7 +7,9 @@
 # training; only the result JSONs (and the report) come back.
 # Prepare on the development machine:  bash benchmarks/prepare_gpu_carry.sh
 # Then:  run(command="bash benchmarks/gpu_study.sh", carry=["data/fashion-mnist", "data/pydeps"], timeout_s=600)
-# and copy $OUT/results/gpu_fmnist_r18_r50/*.json into results/gpu_fmnist_r18_r50/ and commit them.
+# then unpack $OUT/results.tar.gz (results/gpu_fmnist_r18_r50/*.json, the report, figures/) into the
+# repository and commit the JSONs. Files that come back: env.txt, plan_before.txt, grid.log, plan_after.txt,
+# report.log, results.tar.gz (the device returns at most 8).
 # Dry run of the plumbing on a CPU (tiny CNNs instead of ResNets, one seed, a minute):
 #   GPU_STUDY_TINY=1 OUT=/tmp/gpu-study bash benchmarks/gpu_study.sh
 # Settings: OUT, PYTHON, TIME_BUDGET (seconds, default 500), PARALLEL (default 3), RUNS (run folders).
@@ -52,9 +54,12 @@ tail -n 40 "$OUT/grid.log"
 echo "grid exit status $rc"
 "$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" --dry-run | tee "$OUT/plan_after.txt"
 
-mkdir -p "$OUT/results/$NAME"
-cp "$RESULTS"/*.json "$OUT/results/$NAME/" 2>/dev/null
-ls -la "$OUT/results/$NAME"
-"$PY" -m dogo report "$OUT/results/$NAME" --grid "$GRID" --figures "$OUT/figures" > "$OUT/report.log" 2>&1 \
+# At most 8 files come back from the device: the JSONs, the report and its figures travel as one archive.
+STAGE=$(mktemp -d)
+mkdir -p "$STAGE/results/$NAME"
+cp "$RESULTS"/*.json "$STAGE/results/$NAME/" 2>/dev/null
+ls -la "$STAGE/results/$NAME"
+"$PY" -m dogo report "$STAGE/results/$NAME" --grid "$GRID" --figures "$STAGE/figures" > "$OUT/report.log" 2>&1 \
   || tail -n 20 "$OUT/report.log"
+tar czf "$OUT/results.tar.gz" -C "$STAGE" .
 exit $rc
