@@ -314,3 +314,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
     return from_dict(apply_overrides(data, overrides or []))
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing configs
+
+NOT_AFFECTING_RESULTS = ("name", "device", "output_dir", "data.root", "data.download", "train.progress",
+                         "train.log_every", "train.checkpoint_every", "train.checkpoint_every_steps")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, list):
+        out = {}
+        for i, value in enumerate(data):
+            out.update(_flatten(value, f"{prefix}.{i}"))
+        return out if data else {prefix: []}
+    return {prefix: data}
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys (``train.epochs``, ``peers.1.width``) whose values differ between two config dicts,
+    ignoring the settings in ``NOT_AFFECTING_RESULTS``; ``{key: (value in a, value in b)}``."""
+    fa, fb = _flatten(a), _flatten(b)
+    missing = object()
+    out = {}
+    for key in sorted(set(fa) | set(fb)):
+        if key in NOT_AFFECTING_RESULTS:
+            continue
+        va, vb = fa.get(key, missing), fb.get(key, missing)
+        if va != vb:
+            out[key] = (None if va is missing else va, None if vb is missing else vb)
+    return out

@@ -1,6 +1,6 @@
 """The evaluation suite: every protocol, for every peer of every run, as one tidy table.
 
-    >>> from dogo.evaluate import evaluate_run, compare_runs, load_run        # doctest: +SKIP
+    >>> from dogo.evaluate import evaluate_run, compare_runs                  # doctest: +SKIP
     >>> df = evaluate_run("runs/dogo-20261126-101500", limit=5000)           # doctest: +SKIP
     >>> both = compare_runs(["runs/alone", "runs/dogo"], out_dir="runs/cmp")  # doctest: +SKIP
 
@@ -47,12 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .augment import TestTransform
-from .config import Config, from_dict
-from .data import STATS, ImageDataset, load_dataset
-from .errors import CheckpointError, ConfigError, DataError, DogoError
+from .data import ImageDataset, load_dataset
+from .errors import ConfigError, DataError, DogoError
 from .features import extract_features, fold_batchnorm, knn_accuracy
-from .models import SSLModel, build_model
 from .probes import (
     LinearProbe,
     asymmetric_label_noise,
@@ -63,114 +60,39 @@ from .probes import (
     one_thread_is_better,
     symmetric_label_noise,
 )
-from .runlog import find_checkpoint, load_checkpoint
+from .runs import LoadedRun, encoder_transform, load_run
 from .shift import CORRUPTIONS, DEFAULT_LADDER, LADDERS, TRANSFER_TARGETS, adapt_channels, check_ladder, corrupt
+from .viz import draw_embeddings, model_label, plot_summary
 
 PROTOCOLS = ("knn", "linear", "limited", "noisy", "transfer", "corruptions", "tsne")
 COLUMNS = ["run", "peer", "protocol", "setting", "group", "level", "metric", "value", "seed", "dataset",
            "n_train", "n_test", "backbone", "width", "objective", "epoch", "run_dir", "ladder"]
 
-# ============================================================================ loading checkpoints
-
-
-class LoadedRun(dict):
-    """Peer name -> ``SSLModel`` in eval mode, plus what the evaluation needs to know about the run:
-    ``config`` (the checkpoint's own ``Config``), ``checkpoint`` and ``run_dir`` paths, ``epoch``,
-    ``finished``, ``in_channels``, ``mean`` and ``std`` (the normalisation the encoder was trained with),
-    ``device`` and ``fingerprint`` (path, mtime, size: the cache key)."""
-
-    config: Config
-    checkpoint: Path
-    run_dir: Path
-    epoch: int
-    finished: bool
-    in_channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    device: torch.device
-    fingerprint: tuple
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
-
-
-def _in_channels(state_dict: dict[str, torch.Tensor], dataset: str) -> int:
-    """Input channels of a backbone: from its first convolution's weight (out, in, kh, kw)."""
-    for key, value in state_dict.items():
-        if key.startswith("backbone.") and getattr(value, "dim", lambda: 0)() == 4:
-            return int(value.shape[1])
-    return len(STATS.get(dataset, ((0.5,),))[0])
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA, then MPS, then the CPU (the training engine's rule)."""
-    from .train import resolve_device as _resolve
-
-    if isinstance(device, torch.device):
-        return device
-    return _resolve(device or "auto")
-
-
-def load_run(run_dir_or_checkpoint: str | Path, device: str | torch.device | None = None) -> LoadedRun:
-    """Every peer of a run (folder or checkpoint file) as a model in eval mode, built from the
-    checkpoint's own config. Raises ``CheckpointError`` (one line) when the checkpoint is missing,
-    corrupt, not a dogo checkpoint, or its weights do not match its config."""
-    path = find_checkpoint(run_dir_or_checkpoint)
-    state = load_checkpoint(path)
-    try:
-        cfg = from_dict(state["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: its stored config is not valid ({exc})") from None
-    stored = state["peers"]
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"{path}: 'peers' is not a mapping of peer name -> state")
-    names = [p.name for p in cfg.peers]
-    if sorted(stored) != sorted(names):
-        raise CheckpointError(f"{path} holds peers {sorted(stored)} but its config lists {names}")
-    dev = resolve_device(device)
-    models: dict[str, SSLModel] = {}
-    in_channels = None
-    for peer_cfg in cfg.peers:
-        entry = stored[peer_cfg.name]
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise CheckpointError(f"{path}: peer {peer_cfg.name!r} has no model weights")
-        weights = entry["model"]
-        in_channels = _in_channels(weights, cfg.data.dataset)
-        model = build_model(peer_cfg, in_channels, cfg.data.image_size)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-            arch = peer_cfg.backbone + (f" width {peer_cfg.width}" if peer_cfg.backbone == "cnn" else "")
-            raise CheckpointError(f"{path}: peer {peer_cfg.name!r} does not match its config ({arch}, "
-                                  f"{peer_cfg.objective}): {detail}") from None
-        models[peer_cfg.name] = model.to(dev).eval()
-    run = LoadedRun(models)
-    run.config = cfg
-    run.checkpoint = path
-    run.run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    run.epoch = int(state.get("epoch", 0))
-    run.finished = bool(state.get("finished", False))
-    run.in_channels = in_channels
-    run.mean, run.std = _input_statistics(state, cfg.data.dataset, in_channels)
-    run.device = dev
-    stat = path.stat()
-    run.fingerprint = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return run
-
-
 # ============================================================================ features, cached
 
 _FEATURES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 MEMORY_BUDGET = 2 * 2**30  # bytes of features kept in memory (least recently used dropped first)
-_BACKBONES: dict[tuple, torch.nn.Module] = {}
+_BACKBONES: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
+MAX_BACKBONES = 8  # prepared (folded) backbones kept, least recently used dropped first
+_EMBEDDINGS: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+MAX_EMBEDDINGS = 32  # t-SNE embeddings kept
 
 
 def clear_cache() -> None:
-    """Forget the in-memory features and prepared backbones (the files under <run>/eval stay)."""
+    """Forget the in-memory features, prepared backbones and t-SNE embeddings (the files under
+    <run>/eval stay)."""
     _FEATURES.clear()
     _BACKBONES.clear()
+    _EMBEDDINGS.clear()
+
+
+def _keep(cache: OrderedDict, key: tuple, value: Any, max_items: int) -> Any:
+    """Store ``value`` as the most recently used entry; drop the least recently used beyond ``max_items``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > max_items:
+        cache.popitem(last=False)
+    return value
 
 
 def _remember(key: tuple, feats: torch.Tensor) -> None:
@@ -184,31 +106,11 @@ def _inference_backbone(run: LoadedRun, peer: str) -> torch.nn.Module:
     """A copy of the peer's backbone for inference: eval mode, BatchNorm folded into the preceding
     convolutions (same numbers, fewer passes over memory), channels-last layout."""
     key = (run.fingerprint, peer, str(run.device))
-    if key not in _BACKBONES:
-        _BACKBONES[key] = fold_batchnorm(run[peer].backbone).to(run.device, memory_format=torch.channels_last)
-    return _BACKBONES[key]
-
-
-def _input_statistics(state: dict, dataset: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The per-channel mean and std the encoder was trained with: stored in the checkpoint (under
-    ``input``); checkpoints written before that use the named dataset's statistics (0.5 when the
-    channel count does not match)."""
-    stored = state.get("input")
-    if isinstance(stored, dict) and "mean" in stored and "std" in stored:
-        return tuple(float(m) for m in stored["mean"]), tuple(float(s) for s in stored["std"])
-    mean, std = STATS.get(dataset, ((0.5,), (0.5,)))
-    if len(mean) != in_channels:
-        mean, std = (0.5,) * in_channels, (0.5,) * in_channels
-    return tuple(mean), tuple(std)
-
-
-def encoder_transform(run: LoadedRun) -> TestTransform:
-    """The test transform the encoder was trained with: its input size and its training data's
-    normalisation (from the checkpoint).
-
-    Other datasets (transfer, corruptions) go through the same transform: the encoder is a fixed
-    function of its normalised input."""
-    return TestTransform(run.config.data.image_size, run.mean, run.std)
+    if key in _BACKBONES:
+        _BACKBONES.move_to_end(key)
+        return _BACKBONES[key]
+    backbone = fold_batchnorm(run[peer].backbone).to(run.device, memory_format=torch.channels_last)
+    return _keep(_BACKBONES, key, backbone, MAX_BACKBONES)
 
 
 def peer_features(run: LoadedRun, peer: str, data: ImageDataset, *, limit: int | None = None, variant: str = "clean",
@@ -260,7 +162,6 @@ def balanced_indices(labels: torch.Tensor, points: int, seed: int = 0) -> torch.
     return class_balanced_subset(labels, points / len(labels), seed, num_classes)
 
 
-_EMBEDDINGS: dict[tuple, np.ndarray] = {}
 
 
 def tsne_embed(feats: torch.Tensor, labels: torch.Tensor, points: int = 2000, seed: int = 0,
@@ -284,48 +185,6 @@ def tsne_embed(feats: torch.Tensor, labels: torch.Tensor, points: int = 2000, se
         return tsne.fit_transform(x).astype(np.float32), y
 
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    # A bare Figure (no pyplot): no global state, safe in scripts and threads; notebooks display it.
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _finish(fig, path: str | Path | None, title: str | None):
-    """Add the title, save as PNG when a path is given, return the figure."""
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130)
-    return fig
-
-
-def draw_embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path | None = None, *,
-                    class_names: Sequence[str] | None = None, title: str | None = None):
-    """Side-by-side scatter plots of 2-D embeddings, one panel per name, coloured by class, one legend."""
-    import seaborn as sns
-
-    n = len(panels)
-    num_classes = max(int(lab.max()) + 1 for _, lab in panels.values())
-    names = list(class_names) if class_names is not None and len(class_names) >= num_classes \
-        else [str(i) for i in range(num_classes)]
-    legend = num_classes <= 20
-    fig = _figure(4.2 * n + (2.0 if legend else 0), 4.4)
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    palette = sns.color_palette("tab10" if num_classes <= 10 else "husl", num_classes)
-    for i, (ax, (name, (emb, lab))) in enumerate(zip(axes, panels.items())):
-        sns.scatterplot(x=emb[:, 0], y=emb[:, 1], hue=[names[c] for c in lab], hue_order=names[:num_classes],
-                        palette=palette, s=7, linewidth=0, alpha=0.85, ax=ax, legend=legend and i == n - 1)
-        ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if legend:
-        sns.move_legend(axes[-1], "center left", bbox_to_anchor=(1.02, 0.5), title="class", markerscale=2.5,
-                        frameon=False)
-    return _finish(fig, path, title)
-
-
 def tsne_plot(features_by_name: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str | Path | None = None, *,
               points: int = 2000, seed: int = 0, class_names: Sequence[str] | None = None,
               title: str | None = None):
@@ -333,68 +192,6 @@ def tsne_plot(features_by_name: dict[str, tuple[torch.Tensor, torch.Tensor]], pa
     saved as PNG at ``path`` if given. Returns the matplotlib Figure (shown inline in notebooks)."""
     panels = {name: tsne_embed(f, y, points, seed) for name, (f, y) in features_by_name.items()}
     return draw_embeddings(panels, path, class_names=class_names, title=title)
-
-
-def _model_label(df: pd.DataFrame) -> pd.Series:
-    if df["run"].nunique() > 1:
-        return df["run"].astype(str) + " / " + df["peer"].astype(str)
-    return df["peer"].astype(str)
-
-
-def plot_summary(df: pd.DataFrame, path: str | Path | None = None, title: str | None = None):
-    """One panel per protocol in the table: top-1 (mean, error bars = std over seeds) per model.
-
-    kNN, linear and transfer as bars; limited labels vs label fraction; noisy labels vs noise rate;
-    corruptions (mean over types) vs severity, 0 = clean. Returns the Figure (None if nothing to draw).
-    """
-    import seaborn as sns
-
-    top1 = df[df["metric"] == "top1"].copy()
-    if top1.empty:
-        return None
-    top1["model"] = _model_label(top1)
-    order = list(dict.fromkeys(top1["model"]))
-    panels = []
-    bars = top1[top1["protocol"].isin(["knn", "linear", "transfer"])].copy()
-    if not bars.empty:
-        bars["what"] = np.where(bars["protocol"] == "transfer", "transfer: " + bars["setting"].astype(str),
-                                bars["protocol"].astype(str))
-        panels.append(("kNN, linear probe, transfer", bars, "bar"))
-    for proto, panel_title in (("limited", "limited labels"), ("noisy", "noisy labels")):
-        sub = top1[top1["protocol"] == proto]
-        if not sub.empty:
-            panels.append((panel_title, sub, proto))
-    corr = top1[(top1["protocol"] == "corruptions") & top1["group"].isin(["clean", "mean"]) & top1["level"].notna()]
-    if not corr.empty:
-        panels.append(("corruptions (mean over types)", corr, "corruptions"))
-    fig = _figure(5.0 * len(panels), 4.2)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
-    for ax, (panel_title, data, kind) in zip(axes, panels):
-        if kind == "bar":
-            sns.barplot(data=data, x="what", y="value", hue="model", hue_order=order, palette=palette,
-                        errorbar="sd", ax=ax)
-            ax.set_xlabel("")
-            low = max(0.0, float(data["value"].min()) - 10)
-            ax.set_ylim(low, 100)
-        else:
-            x = {"limited": "level", "noisy": "level", "corruptions": "level"}[kind]
-            style = "group" if kind == "noisy" and data["group"].nunique() > 1 else None
-            sns.lineplot(data=data, x=x, y="value", hue="model", hue_order=order, palette=palette, style=style,
-                         marker="o", errorbar="sd", ax=ax)
-            if kind == "limited":
-                ax.set_xscale("log")
-                ax.set_xlabel("fraction of training labels")
-            elif kind == "noisy":
-                ax.set_xlabel("label noise rate")
-            else:
-                ax.set_xlabel("severity (0 = clean test set)")
-        ax.set_title(panel_title)
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend() is not None and ax is not axes[-1]:
-            ax.get_legend().remove()
-    return _finish(fig, path, title)
 
 
 # ============================================================================ the protocols
@@ -617,9 +414,11 @@ def _run_tsne(ctx, peer, ftr, fte):
 
     points = ctx.settings.tsne_points
     key = (ctx.run.fingerprint, peer, ctx.test.name, ctx.limit, points, ctx.seeds[0])
-    if key not in _EMBEDDINGS:
-        _EMBEDDINGS[key] = tsne_embed(fte, ctx.test.labels, points, ctx.seeds[0])
-    emb, lab = _EMBEDDINGS[key]
+    if key in _EMBEDDINGS:
+        _EMBEDDINGS.move_to_end(key)
+        emb, lab = _EMBEDDINGS[key]
+    else:
+        emb, lab = _keep(_EMBEDDINGS, key, tsne_embed(fte, ctx.test.labels, points, ctx.seeds[0]), MAX_EMBEDDINGS)
     ctx.embeddings[peer] = (emb, lab)
     # The silhouette is measured on the features of the same points (L2-normalised, the geometry of
     # the kNN and the losses), not on the t-SNE coordinates, whose distances mean little.
@@ -796,7 +595,7 @@ def format_summary(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no results)"
     s = summarize(df)
-    s["model"] = _model_label(s)
+    s["model"] = model_label(s)
     blocks = []
     for protocol in [p for p in PROTOCOLS if p in set(s["protocol"])]:
         metric = "silhouette" if protocol == "tsne" else "top1"

@@ -20,9 +20,9 @@ import torch
 from .augment import normalize, to_float
 from .config import Config, from_dict, load_config
 from .data import load_dataset
-from .evaluate import encoder_transform, load_run
 from .features import extract_features, knn_accuracy
 from .probes import linear_probe
+from .runs import encoder_transform, load_run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_quick.yaml"
 SMOKE_OVERRIDES = ["data.limit=1024", "data.eval_limit=1000", "train.epochs=1", "train.batch_size=128"]

@@ -38,6 +38,7 @@ from .runlog import (
     MetricsWriter,
     environment_record,
     load_checkpoint,
+    load_peer_weights,
     read_metrics,
     save_checkpoint,
     truncate_metrics,
@@ -46,9 +47,11 @@ from .runlog import (
 TERMS = ("ssl", "distill", "total")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) picks CUDA, then Apple's MPS, then the CPU; a ``torch.device`` is returned as is."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_utils.local_rank())
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -297,17 +300,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        names = [p.name for p in self.peers]
-        if sorted(state["peers"]) != sorted(names):
-            raise CheckpointError(f"{source} holds peers {sorted(state['peers'])} but the config has {names}")
+        stored = load_peer_weights({p.name: p.model for p in self.peers}, state, source)
         for p in self.peers:
-            entry = state["peers"][p.name]
-            try:
-                p.model.load_state_dict(entry["model"])
-            except RuntimeError as exc:
-                first = str(exc).splitlines()[1:2] or [str(exc)]
-                raise CheckpointError(f"{source}: peer {p.name!r} does not match the config's architecture "
-                                      f"({first[0].strip()})") from None
+            entry = stored[p.name]
             p.optimizer.load_state_dict(entry["optimizer"])
             p.scheduler.load_state_dict(entry["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -476,14 +471,22 @@ def load_config_from(cfg: Config, overrides: list[str]) -> Config:
 
 
 def resume(run_dir: str | Path, **kwargs) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its last checkpoint, to the epochs in its config."""
-    trainer = Trainer.from_run(run_dir, **kwargs)
-    if trainer.epoch >= trainer.cfg.train.epochs:
-        records = read_metrics(trainer.run_dir)
-        last = dict(records[-1]) if records else {}
-        last.update(run_dir=str(trainer.run_dir), already_finished=True)
-        return last
-    return trainer.fit()
+    """Continue the run in ``run_dir`` from its last checkpoint, to the epochs in its config.
+
+    A run that has already finished is not rebuilt: its last metrics record comes back with
+    ``already_finished: True``. The one resume of the kit (``dogo train --resume`` and
+    ``train_or_reuse`` call it)."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.is_file() and (run_dir / "config.yaml").is_file():
+        state = load_checkpoint(ckpt_path)
+        if state.get("epoch", 0) >= load_config(run_dir / "config.yaml").train.epochs:
+            records = read_metrics(run_dir)
+            last = dict(records[-1]) if records else {}
+            last.update(run_dir=str(run_dir), already_finished=True)
+            return last
+        del state  # the trainer reads the checkpoint again, onto its own device
+    return Trainer.from_run(run_dir, **kwargs).fit()
 
 
 def _from_run(cls, run_dir: str | Path, **kwargs) -> Trainer:

@@ -20,7 +20,6 @@ from dogo.evaluate import (
     clear_cache,
     evaluate_run,
     format_summary,
-    load_run,
     peer_features,
     tsne_plot,
 )
@@ -34,6 +33,7 @@ from dogo.probes import (
     stratified_split,
     symmetric_label_noise,
 )
+from dogo.runs import load_run
 from dogo.shift import adapt_channels
 
 # ----------------------------------------------------------------------------- synthetic data
