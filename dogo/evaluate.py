@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import build_validated, validate
 from .data import ImageDataset, load_dataset
-from .errors import ConfigError, DataError, DogoError
+from .errors import ConfigError, DataError, DogoError, did_you_mean
 from .features import extract_features, fold_batchnorm, knn_accuracy
 from .probes import (
     LinearProbe,
@@ -61,7 +62,7 @@ from .probes import (
     symmetric_label_noise,
 )
 from .runs import LoadedRun, encoder_transform, load_run
-from .shift import CORRUPTIONS, DEFAULT_LADDER, LADDERS, TRANSFER_TARGETS, adapt_channels, check_ladder, corrupt
+from .shift import CORRUPTIONS, DEFAULT_LADDER, LADDERS, TRANSFER_TARGETS, adapt_channels, corrupt
 from .viz import draw_embeddings, model_label, plot_summary
 
 PROTOCOLS = ("knn", "linear", "limited", "noisy", "transfer", "corruptions", "tsne")
@@ -199,43 +200,27 @@ def tsne_plot(features_by_name: dict[str, tuple[torch.Tensor, torch.Tensor]], pa
 
 @dataclass
 class EvalSettings:
-    """Knobs of the protocols (defaults are the field's conventions and the issue's grid)."""
+    """Knobs of the protocols, validated like a run config (``config.build_validated``): a wrong name,
+    type or value fails with one ``ConfigError`` naming it. Defaults are the field's conventions."""
 
-    probe: str = "fast"  # "fast" (L-BFGS, weight decay chosen on validation) or "authors"
-    probe_epochs: int = 100  # authors' protocol only
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    label_fractions: tuple[float, ...] = (0.01, 0.1)
-    noise_rates: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    noise_kinds: tuple[str, ...] = ("symmetric",)  # add "asymmetric" for class-pair flips (rates < 0.5)
-    transfer_targets: tuple[str, ...] | None = None  # None: the defaults for the run's dataset, if present
-    corruptions: tuple[str, ...] = CORRUPTIONS
-    corruption_ladder: str = DEFAULT_LADDER  # "cifar10c" (published CIFAR-10-C parameters) or "strong"
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    corruption_limit: int | None = None  # test images used per corruption (None: the whole test set)
-    tsne_points: int = 2000
+    probe: str = field(default="fast", metadata=validate(choices=("fast", "authors")))  # fast: L-BFGS, tuned wd
+    probe_epochs: int = field(default=100, metadata=validate(ge=1))  # authors' protocol only
+    knn_k: int = field(default=200, metadata=validate(ge=1))
+    knn_temperature: float = field(default=0.1, metadata=validate(gt=0.0))
+    label_fractions: tuple[float, ...] = field(default=(0.01, 0.1), metadata=validate(gt=0.0, le=1.0))
+    noise_rates: tuple[float, ...] = field(default=(0.2, 0.4, 0.6, 0.8), metadata=validate(ge=0.0, lt=1.0))
+    # add "asymmetric" for class-pair flips (rates < 0.5)
+    noise_kinds: tuple[str, ...] = field(default=("symmetric",), metadata=validate(choices=("symmetric", "asymmetric")))
+    # None: the defaults for the run's dataset, if present
+    transfer_targets: tuple[str, ...] | None = None
+    corruptions: tuple[str, ...] = field(default=CORRUPTIONS, metadata=validate(choices=CORRUPTIONS))
+    # "cifar10c" (published CIFAR-10-C parameters) or "strong" (the kit's own)
+    corruption_ladder: str = field(default=DEFAULT_LADDER, metadata=validate(choices=tuple(LADDERS)))
+    severities: tuple[int, ...] = field(default=(1, 2, 3, 4, 5), metadata=validate(choices=(1, 2, 3, 4, 5)))
+    # test images used per corruption (None: the whole test set)
+    corruption_limit: int | None = field(default=None, metadata=validate(ge=1))
+    tsne_points: int = field(default=2000, metadata=validate(ge=10))
     cache: bool = True  # keep features in <out_dir>/features_*.pt
-
-    def check(self) -> None:
-        if self.probe not in ("fast", "authors"):
-            raise ConfigError(f"probe: must be 'fast' or 'authors', got {self.probe!r}")
-        if self.knn_k < 1 or self.knn_temperature <= 0:
-            raise ConfigError("knn: k must be >= 1 and the temperature > 0")
-        if any(not 0 < f <= 1 for f in self.label_fractions):
-            raise ConfigError(f"label_fractions: each must be in (0, 1], got {self.label_fractions}")
-        if any(not 0 <= r < 1 for r in self.noise_rates):
-            raise ConfigError(f"noise_rates: each must be in [0, 1), got {self.noise_rates}")
-        bad = [k for k in self.noise_kinds if k not in ("symmetric", "asymmetric")]
-        if bad:
-            raise ConfigError(f"noise_kinds: unknown {bad}; choose symmetric and/or asymmetric")
-        check_ladder(self.corruption_ladder)
-        bad = [c for c in self.corruptions if c not in CORRUPTIONS]
-        if bad:
-            raise ConfigError(f"corruptions: unknown {bad}; choose from {', '.join(CORRUPTIONS)}")
-        if any(s not in (1, 2, 3, 4, 5) for s in self.severities):
-            raise ConfigError(f"severities: each must be 1..5, got {self.severities}")
-        if self.tsne_points < 10:
-            raise ConfigError(f"tsne_points: need at least 10, got {self.tsne_points}")
 
 
 @dataclass
@@ -439,8 +424,6 @@ def _labelled(data: ImageDataset) -> ImageDataset:
 
 
 def _check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
-    import difflib
-
     if isinstance(protocols, str):
         protocols = [protocols]
     # "knn linear", "knn,linear" and ["knn", "linear"] all name the same protocols
@@ -449,9 +432,8 @@ def _check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
         return PROTOCOLS
     for p in protocols:
         if p not in PROTOCOLS:
-            near = difflib.get_close_matches(p, PROTOCOLS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"protocols: unknown protocol {p!r}{hint}; choose from {', '.join(PROTOCOLS)}")
+            raise ConfigError(f"protocols: unknown protocol {p!r}{did_you_mean(p, PROTOCOLS)}; "
+                              f"choose from {', '.join(PROTOCOLS)}")
     if not protocols:
         raise ConfigError(f"protocols: none given; choose from {', '.join(PROTOCOLS)}")
     return tuple(p for p in PROTOCOLS if p in protocols)  # a fixed order: cheap ones first
@@ -486,19 +468,7 @@ def evaluate_run(run_dir: str | Path, protocols: Iterable[str] | str = PROTOCOLS
     ``notes`` (skipped parts) and ``figures`` (paths).
     """
     protocols = _check_protocols(protocols)
-    unknown = [k for k in settings if k not in EvalSettings.__dataclass_fields__]
-    if unknown:
-        import difflib
-
-        near = difflib.get_close_matches(unknown[0], EvalSettings.__dataclass_fields__, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"evaluate_run: unknown setting {unknown[0]!r}{hint}")
-    for name in ("label_fractions", "noise_rates", "noise_kinds", "corruptions", "severities", "transfer_targets"):
-        if name in settings and settings[name] is not None:
-            value = settings[name]
-            settings[name] = (value,) if isinstance(value, (str, int, float)) else tuple(value)
-    opts = EvalSettings(**settings)
-    opts.check()
+    opts = build_validated(EvalSettings, settings)
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ConfigError("seeds: give at least one seed")
@@ -632,7 +602,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Configure the ``dogo eval`` sub-command."""
+    """Configure the ``dogo eval`` sub-command; the protocols' defaults are ``EvalSettings``'."""
+    d = EvalSettings()
     parser.description = ("Evaluate every peer of one or more runs with frozen-feature protocols: "
                           + ", ".join(PROTOCOLS) + ". Results go to RUN_DIR/eval/ (and --out for a combined table).")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) or checkpoint file(s)")
@@ -643,28 +614,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR", help="also write the combined table and figures here")
     parser.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's own")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--probe", choices=["fast", "authors"], default="fast",
+    parser.add_argument("--probe", choices=["fast", "authors"], default=d.probe,
                         help="linear probe protocol: fast (L-BFGS, tuned weight decay) or the authors' (Adam 3e-4, "
                              "weight decay 1e-6, batch 64, 85/15 split, best validation epoch, --probe-epochs "
                              "epochs; their template uses 2; their defects fixed: full test set, validation "
                              "accuracy over the validation-set size)")
-    parser.add_argument("--probe-epochs", type=int, default=100, help="epochs of the authors' probe protocol")
-    parser.add_argument("--knn-k", type=int, default=200)
-    parser.add_argument("--knn-temperature", type=float, default=0.1)
-    parser.add_argument("--fractions", type=_floats, default=(0.01, 0.1), help="label fractions, e.g. 0.01,0.1")
-    parser.add_argument("--noise-rates", type=_floats, default=(0.2, 0.4, 0.6, 0.8),
+    parser.add_argument("--probe-epochs", type=int, default=d.probe_epochs, help="epochs of the authors' probe protocol")
+    parser.add_argument("--knn-k", type=int, default=d.knn_k)
+    parser.add_argument("--knn-temperature", type=float, default=d.knn_temperature)
+    parser.add_argument("--fractions", type=_floats, default=d.label_fractions, help="label fractions, e.g. 0.01,0.1")
+    parser.add_argument("--noise-rates", type=_floats, default=d.noise_rates,
                         help="e.g. 0.2,0.4,0.6,0.8: exactly round(r*N) training labels flipped, each to a "
                              "different class; the validation split is noisy too, the test set clean")
-    parser.add_argument("--noise", type=_names, default=("symmetric",), help="symmetric and/or asymmetric")
-    parser.add_argument("--transfer", type=_names, default=None, metavar="DATASETS",
+    parser.add_argument("--noise", type=_names, default=d.noise_kinds, help="symmetric and/or asymmetric")
+    parser.add_argument("--transfer", type=_names, default=d.transfer_targets, metavar="DATASETS",
                         help="transfer targets, e.g. digits or stl10,cifar100 (default: per dataset, if present)")
-    parser.add_argument("--corruptions", type=_names, default=CORRUPTIONS, metavar="NAMES",
+    parser.add_argument("--corruptions", type=_names, default=d.corruptions, metavar="NAMES",
                         help=f"comma-separated subset of {', '.join(CORRUPTIONS)}")
-    parser.add_argument("--corruption-ladder", choices=list(LADDERS), default=DEFAULT_LADDER,
+    parser.add_argument("--corruption-ladder", choices=list(LADDERS), default=d.corruption_ladder,
                         help="severity ladder: cifar10c (published CIFAR-10-C parameters, default) or strong "
                              "(the kit's own, much stronger)")
-    parser.add_argument("--corruption-limit", type=int, default=None, help="test images per corruption")
-    parser.add_argument("--tsne-points", type=int, default=2000)
+    parser.add_argument("--corruption-limit", type=int, default=d.corruption_limit, help="test images per corruption")
+    parser.add_argument("--tsne-points", type=int, default=d.tsne_points)
     parser.add_argument("--no-cache", action="store_true", help="do not write feature files under RUN_DIR/eval")
     parser.add_argument("--no-progress", action="store_true", help="print only the summary")
     parser.set_defaults(func=run_command)

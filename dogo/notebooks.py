@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import difflib
 import re
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .errors import DogoError
+from .errors import DogoError, did_you_mean
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
@@ -128,8 +127,7 @@ def check_parameters(notebooks: list[Path], parameters: dict[str, Any]) -> dict[
     every = sorted({name for params in declared.values() for name in params})
     for name in parameters:
         if not any(name in params for params in declared.values()):
-            near = difflib.get_close_matches(name, every, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            hint = did_you_mean(name, every)
             which = ", ".join(nb.stem for nb in notebooks)
             raise DogoError(f"parameter {name!r}: not a parameter of {which}{hint}; they declare {', '.join(every)}")
     plan: dict[Path, dict[str, Any]] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .augment import normalize, to_float
-from .config import Config, from_dict, load_config
+from .config import Config, baseline_of, load_config
 from .data import load_dataset
 from .features import extract_features, knn_accuracy
 from .probes import linear_probe
@@ -26,14 +26,6 @@ from .runs import encoder_transform, load_run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_quick.yaml"
 SMOKE_OVERRIDES = ["data.limit=1024", "data.eval_limit=1000", "train.epochs=1", "train.batch_size=128"]
-
-
-def baseline_of(cfg: Config) -> Config:
-    """The same run with only the first peer: SimCLR (or SimSiam) alone, nothing to distil from."""
-    data = cfg.to_dict()
-    data["peers"] = data["peers"][:1]
-    data["name"] = f"{cfg.name}_alone"
-    return from_dict(data)
 
 
 def _probe(train_x, train_y, test_x, test_y, num_classes: int, k: int, t: float, seed: int) -> dict[str, float]:
@@ -167,4 +159,4 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_quickstart", "baseline_of", "format_table"]
+__all__ = ["run_quickstart", "format_table"]

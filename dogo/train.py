@@ -27,7 +27,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from .augment import TestTransform, ViewAugment, view_augment_for
-from .config import Config, from_dict, load_config
+from .config import Config, load_config, load_config_from
 from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .features import extract_features, knn_accuracy
@@ -462,12 +462,6 @@ def train(cfg: Config | str | Path, run_dir: str | Path | None = None, overrides
     elif overrides:
         cfg = load_config_from(cfg, overrides)
     return Trainer(cfg, run_dir, **kwargs).fit()
-
-
-def load_config_from(cfg: Config, overrides: list[str]) -> Config:
-    from .config import apply_overrides
-
-    return from_dict(apply_overrides(cfg.to_dict(), overrides))
 
 
 def resume(run_dir: str | Path, **kwargs) -> dict[str, Any]:
