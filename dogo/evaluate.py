@@ -181,7 +181,7 @@ def tsne_embed(feats: torch.Tensor, labels: torch.Tensor, points: int = 2000, se
         x = PCA(50, random_state=seed).fit_transform(x)
     tsne = TSNE(2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca", learning_rate="auto",
                 random_state=seed)
-    # Small embeddings, and any on a 2-core machine, are faster on one thread (see one_thread_is_better).
+    # Small embeddings, and any with two CPU threads or fewer, run on one thread (see one_thread_is_better).
     with cpu_threads(1 if one_thread_is_better(len(x) <= 2500) else None):
         return tsne.fit_transform(x).astype(np.float32), y
 
