@@ -20,18 +20,17 @@ from .errors import DogoError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import Trainer, train
+    from .train import resume, train
 
+    kwargs = {"progress": False} if args.no_progress else {}
     if args.resume:
         if args.config_file or args.overrides:
             raise DogoError("--resume continues a run with its own config.yaml; drop --config-file and overrides")
-        trainer = Trainer.from_run(args.resume, progress=None if not args.no_progress else False)
-        if trainer.epoch >= trainer.cfg.train.epochs:
-            print(f"{args.resume} already finished all {trainer.cfg.train.epochs} epochs")
+        result = resume(args.resume, **kwargs)
+        if result.get("already_finished"):
+            print(f"{args.resume} already finished all its epochs")
             return 0
-        result = trainer.fit()
     else:
-        kwargs = {"progress": False} if args.no_progress else {}
         result = train(args.config_file, run_dir=args.run_dir, overrides=args.overrides, **kwargs)
     if result.get("interrupted"):
         return 130

@@ -8,7 +8,6 @@ Every mistake fails before any work with one ``ConfigError`` that names the key,
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,35 +16,36 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50")
 OBJECTIVES = ("simclr", "simsiam")
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "cifar10_imbalanced", "stl10", "tiny_imagenet")
 
 
-def _check(**rules: Any) -> dict[str, Any]:
-    """Validation rules stored in a field's metadata: gt, ge, le, choices."""
+def validate(**rules: Any) -> dict[str, Any]:
+    """Validation rules stored in a field's metadata: gt, ge, lt, le, choices (applied to every item
+    of a tuple)."""
     return {"rules": rules}
 
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="fashion_mnist", metadata=_check(choices=DATASETS))
+    dataset: str = field(default="fashion_mnist", metadata=validate(choices=DATASETS))
     root: str | None = None  # folder holding the dataset files; None searches $DOGO_DATA, data/, system paths
-    image_size: int = field(default=28, metadata=_check(ge=8))
-    limit: int | None = field(default=None, metadata=_check(ge=2))  # train on the first `limit` images
-    eval_limit: int | None = field(default=None, metadata=_check(ge=2))  # kNN monitor bank/query size
+    image_size: int = field(default=28, metadata=validate(ge=8))
+    limit: int | None = field(default=None, metadata=validate(ge=2))  # train on the first `limit` images
+    eval_limit: int | None = field(default=None, metadata=validate(ge=2))  # kNN monitor bank/query size
     download: bool = False
 
 
 @dataclass
 class AugmentConfig:
-    crop_scale_min: float = field(default=0.08, metadata=_check(gt=0.0, le=1.0))
+    crop_scale_min: float = field(default=0.08, metadata=validate(gt=0.0, le=1.0))
     flip: bool = True
-    jitter_strength: float | None = field(default=None, metadata=_check(ge=0.0))  # None: per objective
-    jitter_prob: float = field(default=0.8, metadata=_check(ge=0.0, le=1.0))
-    grayscale_prob: float = field(default=0.2, metadata=_check(ge=0.0, le=1.0))
+    jitter_strength: float | None = field(default=None, metadata=validate(ge=0.0))  # None: per objective
+    jitter_prob: float = field(default=0.8, metadata=validate(ge=0.0, le=1.0))
+    grayscale_prob: float = field(default=0.2, metadata=validate(ge=0.0, le=1.0))
     # The authors' SimSiam transform applies RandomGrayscale(grayscale_prob) twice (inside the colour
     # distortion and after it): an effective probability of 1 - (1 - p)^2, 0.36 for p = 0.2.
     simsiam_grayscale_twice: bool = False
@@ -56,37 +56,37 @@ class AugmentConfig:
 @dataclass
 class PeerConfig:
     name: str = "model"
-    backbone: str = field(default="cnn", metadata=_check(choices=BACKBONES))
-    width: int = field(default=32, metadata=_check(ge=1))  # cnn only: channels of the first block
-    objective: str = field(default="simclr", metadata=_check(choices=OBJECTIVES))
-    temperature: float = field(default=0.5, metadata=_check(gt=0.0))  # NT-Xent temperature (SimCLR)
-    projection_dim: int | None = field(default=None, metadata=_check(ge=1))  # None: 128 SimCLR, 2048 SimSiam
-    hidden_dim: int = field(default=512, metadata=_check(ge=1))  # SimCLR projector hidden width
-    predictor_hidden_dim: int = field(default=512, metadata=_check(ge=1))  # SimSiam bottleneck
-    distill_weight: float = field(default=1.0, metadata=_check(ge=0.0))  # weight of KL towards each peer
-    lr: float | None = field(default=None, metadata=_check(gt=0.0))  # None: train.lr
+    backbone: str = field(default="cnn", metadata=validate(choices=BACKBONES))
+    width: int = field(default=32, metadata=validate(ge=1))  # cnn only: channels of the first block
+    objective: str = field(default="simclr", metadata=validate(choices=OBJECTIVES))
+    temperature: float = field(default=0.5, metadata=validate(gt=0.0))  # NT-Xent temperature (SimCLR)
+    projection_dim: int | None = field(default=None, metadata=validate(ge=1))  # None: 128 SimCLR, 2048 SimSiam
+    hidden_dim: int = field(default=512, metadata=validate(ge=1))  # SimCLR projector hidden width
+    predictor_hidden_dim: int = field(default=512, metadata=validate(ge=1))  # SimSiam bottleneck
+    distill_weight: float = field(default=1.0, metadata=validate(ge=0.0))  # weight of KL towards each peer
+    lr: float | None = field(default=None, metadata=validate(gt=0.0))  # None: train.lr
 
 
 @dataclass
 class DistillConfig:
-    temperature: float = field(default=0.1, metadata=_check(gt=0.0))
+    temperature: float = field(default=0.1, metadata=validate(gt=0.0))
     reduction: Literal["batchmean", "mean"] = "batchmean"
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=10, metadata=_check(ge=1))
-    batch_size: int = field(default=256, metadata=_check(ge=2))
+    epochs: int = field(default=10, metadata=validate(ge=1))
+    batch_size: int = field(default=256, metadata=validate(ge=2))
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = field(default=3e-4, metadata=_check(gt=0.0))
+    lr: float = field(default=3e-4, metadata=validate(gt=0.0))
     # The lr above is for `lr_reference_batch` images per step; other batch sizes scale it.
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
-    lr_reference_batch: int = field(default=256, metadata=_check(ge=1))
-    weight_decay: float = field(default=1e-6, metadata=_check(ge=0.0))
-    momentum: float = field(default=0.9, metadata=_check(ge=0.0, le=1.0))
+    lr_reference_batch: int = field(default=256, metadata=validate(ge=1))
+    weight_decay: float = field(default=1e-6, metadata=validate(ge=0.0))
+    momentum: float = field(default=0.9, metadata=validate(ge=0.0, le=1.0))
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = field(default=0.0, metadata=_check(ge=0.0))
-    min_lr_ratio: float = field(default=0.0, metadata=_check(ge=0.0, le=1.0))
+    warmup_epochs: float = field(default=0.0, metadata=validate(ge=0.0))
+    min_lr_ratio: float = field(default=0.0, metadata=validate(ge=0.0, le=1.0))
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off elsewhere
     # How both views pass through each network: "joint" (one pass over 2B images, BatchNorm statistics
     # over 2B; the default because one pass is faster) or "per_view" (one pass per view, statistics over
@@ -97,12 +97,12 @@ class TrainConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
     fused_optimizer: Literal["auto", "on", "off"] = "auto"  # auto: one fused kernel per step on CUDA
     sync_batchnorm: bool = False
-    checkpoint_every: int = field(default=1, metadata=_check(ge=1))  # epochs
-    checkpoint_every_steps: int | None = field(default=None, metadata=_check(ge=1))
-    log_every: int = field(default=50, metadata=_check(ge=1))  # steps between finiteness checks
-    knn_every: int = field(default=1, metadata=_check(ge=0))  # epochs; 0 turns the monitor off
-    knn_k: int = field(default=200, metadata=_check(ge=1))
-    knn_temperature: float = field(default=0.1, metadata=_check(gt=0.0))
+    checkpoint_every: int = field(default=1, metadata=validate(ge=1))  # epochs
+    checkpoint_every_steps: int | None = field(default=None, metadata=validate(ge=1))
+    log_every: int = field(default=50, metadata=validate(ge=1))  # steps between finiteness checks
+    knn_every: int = field(default=1, metadata=validate(ge=0))  # epochs; 0 turns the monitor off
+    knn_k: int = field(default=200, metadata=validate(ge=1))
+    knn_temperature: float = field(default=0.1, metadata=validate(gt=0.0))
     progress: bool = True
     deterministic: bool = False
 
@@ -136,7 +136,7 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
+    if origin in (list, tuple):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
@@ -170,6 +170,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # tuple[X, ...]: a list, tuple or single value
+        (item_tp, *_) = typing.get_args(tp)
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(items))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -203,14 +207,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _apply_rules(value: Any, rules: dict[str, Any], key: str) -> None:
     if value is None:
         return
+    if isinstance(value, tuple):
+        for i, item in enumerate(value):
+            _apply_rules(item, rules, f"{key}[{i}]")
+        return
     if "choices" in rules and value not in rules["choices"]:
-        near = difflib.get_close_matches(str(value), rules["choices"], n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"{key}: unknown value {value!r}{hint}; choose from {', '.join(rules['choices'])}")
+        raise ConfigError(f"{key}: unknown value {value!r}{did_you_mean(value, rules['choices'])}; "
+                          f"choose from {', '.join(map(str, rules['choices']))}")
     if "gt" in rules and not value > rules["gt"]:
         raise ConfigError(f"{key}: must be > {rules['gt']}, got {value}")
     if "ge" in rules and not value >= rules["ge"]:
         raise ConfigError(f"{key}: must be >= {rules['ge']}, got {value}")
+    if "lt" in rules and not value < rules["lt"]:
+        raise ConfigError(f"{key}: must be < {rules['lt']}, got {value}")
     if "le" in rules and not value <= rules["le"]:
         raise ConfigError(f"{key}: must be <= {rules['le']}, got {value}")
 
@@ -220,8 +229,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
-            near = difflib.get_close_matches(str(k), fields, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else f"; valid keys: {', '.join(fields)}"
+            hint = did_you_mean(k, fields) or f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key{hint}")
     kwargs = {}
     for name, f in fields.items():
@@ -232,6 +240,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         _apply_rules(value, f.metadata.get("rules", {}), key)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def build_validated(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """An instance of the settings dataclass ``cls`` from plain data, every key, type and rule checked
+    (one ``ConfigError`` naming the key, ``prefix`` before it)."""
+    return _build(cls, data, prefix)
 
 
 def _check_whole(cfg: Config) -> Config:
@@ -324,3 +338,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
     return from_dict(apply_overrides(data, overrides or []))
+
+
+def load_config_from(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``key=value`` overrides applied, validated again."""
+    return from_dict(apply_overrides(cfg.to_dict(), overrides))
+
+
+def baseline_of(cfg: Config) -> Config:
+    """The same run with only the first peer: SimCLR (or SimSiam) alone, nothing to distil from."""
+    data = cfg.to_dict()
+    data["peers"] = data["peers"][:1]
+    data["name"] = f"{cfg.name}_alone"
+    return from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing configs
+
+NOT_AFFECTING_RESULTS = ("name", "device", "output_dir", "data.root", "data.download", "train.progress",
+                         "train.log_every", "train.checkpoint_every", "train.checkpoint_every_steps")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, list):
+        out = {}
+        for i, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}.{i}"))
+        return out if data else {prefix: []}
+    return {prefix: data}
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys (``train.epochs``, ``peers.1.width``) whose values differ between two config dicts,
+    ignoring the settings in ``NOT_AFFECTING_RESULTS``; ``{key: (value in a, value in b)}``."""
+    fa, fb = flatten(a), flatten(b)
+    missing = object()
+    out = {}
+    for key in sorted(set(fa) | set(fb)):
+        if key in NOT_AFFECTING_RESULTS:
+            continue
+        va, vb = fa.get(key, missing), fb.get(key, missing)
+        if va != vb:
+            out[key] = (None if va is missing else va, None if vb is missing else vb)
+    return out

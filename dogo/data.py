@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, did_you_mean
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEBIAN_DATASETS = Path("/usr/share/datasets")
@@ -395,11 +395,7 @@ def load_dataset(name: str, split: str = "train", root=None, limit: int | None =
                  download: bool = False, seed: int = 0) -> ImageDataset:
     """Load a dataset split into memory; ``limit`` keeps a fixed random subset of that many images."""
     if name not in LOADERS:
-        import difflib
-
-        near = difflib.get_close_matches(name, LOADERS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise DataError(f"unknown dataset {name!r}{hint}; choose from {', '.join(LOADERS)}")
+        raise DataError(f"unknown dataset {name!r}{did_you_mean(name, LOADERS)}; choose from {', '.join(LOADERS)}")
     if split == "pretrain":
         split = PRETRAIN_SPLIT.get(name, "train")
     return LOADERS[name](split, root=root, download=download).limit(limit, seed)

@@ -1,6 +1,6 @@
 """The evaluation suite: every protocol, for every peer of every run, as one tidy table.
 
-    >>> from dogo.evaluate import evaluate_run, compare_runs, load_run        # doctest: +SKIP
+    >>> from dogo.evaluate import evaluate_run, compare_runs                  # doctest: +SKIP
     >>> df = evaluate_run("runs/dogo-20261126-101500", limit=5000)           # doctest: +SKIP
     >>> both = compare_runs(["runs/alone", "runs/dogo"], out_dir="runs/cmp")  # doctest: +SKIP
 
@@ -47,12 +47,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .augment import TestTransform
-from .config import Config, from_dict
-from .data import STATS, ImageDataset, load_dataset
-from .errors import CheckpointError, ConfigError, DataError, DogoError
+from .config import build_validated, validate
+from .data import ImageDataset, load_dataset
+from .errors import ConfigError, DataError, DogoError, did_you_mean
 from .features import extract_features, fold_batchnorm, knn_accuracy
-from .models import SSLModel, build_model
 from .probes import (
     LinearProbe,
     asymmetric_label_noise,
@@ -63,114 +61,39 @@ from .probes import (
     one_thread_is_better,
     symmetric_label_noise,
 )
-from .runlog import find_checkpoint, load_checkpoint
-from .shift import CORRUPTIONS, DEFAULT_LADDER, LADDERS, TRANSFER_TARGETS, adapt_channels, check_ladder, corrupt
+from .runs import LoadedRun, encoder_transform, load_run
+from .shift import CORRUPTIONS, DEFAULT_LADDER, LADDERS, TRANSFER_TARGETS, adapt_channels, corrupt
+from .viz import draw_embeddings, model_label, plot_summary
 
 PROTOCOLS = ("knn", "linear", "limited", "noisy", "transfer", "corruptions", "tsne")
 COLUMNS = ["run", "peer", "protocol", "setting", "group", "level", "metric", "value", "seed", "dataset",
            "n_train", "n_test", "backbone", "width", "objective", "epoch", "run_dir", "ladder"]
 
-# ============================================================================ loading checkpoints
-
-
-class LoadedRun(dict):
-    """Peer name -> ``SSLModel`` in eval mode, plus what the evaluation needs to know about the run:
-    ``config`` (the checkpoint's own ``Config``), ``checkpoint`` and ``run_dir`` paths, ``epoch``,
-    ``finished``, ``in_channels``, ``mean`` and ``std`` (the normalisation the encoder was trained with),
-    ``device`` and ``fingerprint`` (path, mtime, size: the cache key)."""
-
-    config: Config
-    checkpoint: Path
-    run_dir: Path
-    epoch: int
-    finished: bool
-    in_channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    device: torch.device
-    fingerprint: tuple
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
-
-
-def _in_channels(state_dict: dict[str, torch.Tensor], dataset: str) -> int:
-    """Input channels of a backbone: from its first convolution's weight (out, in, kh, kw)."""
-    for key, value in state_dict.items():
-        if key.startswith("backbone.") and getattr(value, "dim", lambda: 0)() == 4:
-            return int(value.shape[1])
-    return len(STATS.get(dataset, ((0.5,),))[0])
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA, then MPS, then the CPU (the training engine's rule)."""
-    from .train import resolve_device as _resolve
-
-    if isinstance(device, torch.device):
-        return device
-    return _resolve(device or "auto")
-
-
-def load_run(run_dir_or_checkpoint: str | Path, device: str | torch.device | None = None) -> LoadedRun:
-    """Every peer of a run (folder or checkpoint file) as a model in eval mode, built from the
-    checkpoint's own config. Raises ``CheckpointError`` (one line) when the checkpoint is missing,
-    corrupt, not a dogo checkpoint, or its weights do not match its config."""
-    path = find_checkpoint(run_dir_or_checkpoint)
-    state = load_checkpoint(path)
-    try:
-        cfg = from_dict(state["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: its stored config is not valid ({exc})") from None
-    stored = state["peers"]
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"{path}: 'peers' is not a mapping of peer name -> state")
-    names = [p.name for p in cfg.peers]
-    if sorted(stored) != sorted(names):
-        raise CheckpointError(f"{path} holds peers {sorted(stored)} but its config lists {names}")
-    dev = resolve_device(device)
-    models: dict[str, SSLModel] = {}
-    in_channels = None
-    for peer_cfg in cfg.peers:
-        entry = stored[peer_cfg.name]
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise CheckpointError(f"{path}: peer {peer_cfg.name!r} has no model weights")
-        weights = entry["model"]
-        in_channels = _in_channels(weights, cfg.data.dataset)
-        model = build_model(peer_cfg, in_channels, cfg.data.image_size)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-            arch = peer_cfg.backbone + (f" width {peer_cfg.width}" if peer_cfg.backbone == "cnn" else "")
-            raise CheckpointError(f"{path}: peer {peer_cfg.name!r} does not match its config ({arch}, "
-                                  f"{peer_cfg.objective}): {detail}") from None
-        models[peer_cfg.name] = model.to(dev).eval()
-    run = LoadedRun(models)
-    run.config = cfg
-    run.checkpoint = path
-    run.run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    run.epoch = int(state.get("epoch", 0))
-    run.finished = bool(state.get("finished", False))
-    run.in_channels = in_channels
-    run.mean, run.std = _input_statistics(state, cfg.data.dataset, in_channels)
-    run.device = dev
-    stat = path.stat()
-    run.fingerprint = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return run
-
-
 # ============================================================================ features, cached
 
 _FEATURES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 MEMORY_BUDGET = 2 * 2**30  # bytes of features kept in memory (least recently used dropped first)
-_BACKBONES: dict[tuple, torch.nn.Module] = {}
+_BACKBONES: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
+MAX_BACKBONES = 8  # prepared (folded) backbones kept, least recently used dropped first
+_EMBEDDINGS: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+MAX_EMBEDDINGS = 32  # t-SNE embeddings kept
 
 
 def clear_cache() -> None:
-    """Forget the in-memory features and prepared backbones (the files under <run>/eval stay)."""
+    """Forget the in-memory features, prepared backbones and t-SNE embeddings (the files under
+    <run>/eval stay)."""
     _FEATURES.clear()
     _BACKBONES.clear()
+    _EMBEDDINGS.clear()
+
+
+def _keep(cache: OrderedDict, key: tuple, value: Any, max_items: int) -> Any:
+    """Store ``value`` as the most recently used entry; drop the least recently used beyond ``max_items``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > max_items:
+        cache.popitem(last=False)
+    return value
 
 
 def _remember(key: tuple, feats: torch.Tensor) -> None:
@@ -184,31 +107,11 @@ def _inference_backbone(run: LoadedRun, peer: str) -> torch.nn.Module:
     """A copy of the peer's backbone for inference: eval mode, BatchNorm folded into the preceding
     convolutions (same numbers, fewer passes over memory), channels-last layout."""
     key = (run.fingerprint, peer, str(run.device))
-    if key not in _BACKBONES:
-        _BACKBONES[key] = fold_batchnorm(run[peer].backbone).to(run.device, memory_format=torch.channels_last)
-    return _BACKBONES[key]
-
-
-def _input_statistics(state: dict, dataset: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The per-channel mean and std the encoder was trained with: stored in the checkpoint (under
-    ``input``); checkpoints written before that use the named dataset's statistics (0.5 when the
-    channel count does not match)."""
-    stored = state.get("input")
-    if isinstance(stored, dict) and "mean" in stored and "std" in stored:
-        return tuple(float(m) for m in stored["mean"]), tuple(float(s) for s in stored["std"])
-    mean, std = STATS.get(dataset, ((0.5,), (0.5,)))
-    if len(mean) != in_channels:
-        mean, std = (0.5,) * in_channels, (0.5,) * in_channels
-    return tuple(mean), tuple(std)
-
-
-def encoder_transform(run: LoadedRun) -> TestTransform:
-    """The test transform the encoder was trained with: its input size and its training data's
-    normalisation (from the checkpoint).
-
-    Other datasets (transfer, corruptions) go through the same transform: the encoder is a fixed
-    function of its normalised input."""
-    return TestTransform(run.config.data.image_size, run.mean, run.std)
+    if key in _BACKBONES:
+        _BACKBONES.move_to_end(key)
+        return _BACKBONES[key]
+    backbone = fold_batchnorm(run[peer].backbone).to(run.device, memory_format=torch.channels_last)
+    return _keep(_BACKBONES, key, backbone, MAX_BACKBONES)
 
 
 def peer_features(run: LoadedRun, peer: str, data: ImageDataset, *, limit: int | None = None, variant: str = "clean",
@@ -260,7 +163,6 @@ def balanced_indices(labels: torch.Tensor, points: int, seed: int = 0) -> torch.
     return class_balanced_subset(labels, points / len(labels), seed, num_classes)
 
 
-_EMBEDDINGS: dict[tuple, np.ndarray] = {}
 
 
 def tsne_embed(feats: torch.Tensor, labels: torch.Tensor, points: int = 2000, seed: int = 0,
@@ -279,51 +181,9 @@ def tsne_embed(feats: torch.Tensor, labels: torch.Tensor, points: int = 2000, se
         x = PCA(50, random_state=seed).fit_transform(x)
     tsne = TSNE(2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca", learning_rate="auto",
                 random_state=seed)
-    # Small embeddings, and any on a 2-core machine, are faster on one thread (see one_thread_is_better).
+    # Small embeddings, and any with two CPU threads or fewer, run on one thread (see one_thread_is_better).
     with cpu_threads(1 if one_thread_is_better(len(x) <= 2500) else None):
         return tsne.fit_transform(x).astype(np.float32), y
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    # A bare Figure (no pyplot): no global state, safe in scripts and threads; notebooks display it.
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _finish(fig, path: str | Path | None, title: str | None):
-    """Add the title, save as PNG when a path is given, return the figure."""
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130)
-    return fig
-
-
-def draw_embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path | None = None, *,
-                    class_names: Sequence[str] | None = None, title: str | None = None):
-    """Side-by-side scatter plots of 2-D embeddings, one panel per name, coloured by class, one legend."""
-    import seaborn as sns
-
-    n = len(panels)
-    num_classes = max(int(lab.max()) + 1 for _, lab in panels.values())
-    names = list(class_names) if class_names is not None and len(class_names) >= num_classes \
-        else [str(i) for i in range(num_classes)]
-    legend = num_classes <= 20
-    fig = _figure(4.2 * n + (2.0 if legend else 0), 4.4)
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    palette = sns.color_palette("tab10" if num_classes <= 10 else "husl", num_classes)
-    for i, (ax, (name, (emb, lab))) in enumerate(zip(axes, panels.items())):
-        sns.scatterplot(x=emb[:, 0], y=emb[:, 1], hue=[names[c] for c in lab], hue_order=names[:num_classes],
-                        palette=palette, s=7, linewidth=0, alpha=0.85, ax=ax, legend=legend and i == n - 1)
-        ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if legend:
-        sns.move_legend(axes[-1], "center left", bbox_to_anchor=(1.02, 0.5), title="class", markerscale=2.5,
-                        frameon=False)
-    return _finish(fig, path, title)
 
 
 def tsne_plot(features_by_name: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str | Path | None = None, *,
@@ -335,110 +195,32 @@ def tsne_plot(features_by_name: dict[str, tuple[torch.Tensor, torch.Tensor]], pa
     return draw_embeddings(panels, path, class_names=class_names, title=title)
 
 
-def _model_label(df: pd.DataFrame) -> pd.Series:
-    if df["run"].nunique() > 1:
-        return df["run"].astype(str) + " / " + df["peer"].astype(str)
-    return df["peer"].astype(str)
-
-
-def plot_summary(df: pd.DataFrame, path: str | Path | None = None, title: str | None = None):
-    """One panel per protocol in the table: top-1 (mean, error bars = std over seeds) per model.
-
-    kNN, linear and transfer as bars; limited labels vs label fraction; noisy labels vs noise rate;
-    corruptions (mean over types) vs severity, 0 = clean. Returns the Figure (None if nothing to draw).
-    """
-    import seaborn as sns
-
-    top1 = df[df["metric"] == "top1"].copy()
-    if top1.empty:
-        return None
-    top1["model"] = _model_label(top1)
-    order = list(dict.fromkeys(top1["model"]))
-    panels = []
-    bars = top1[top1["protocol"].isin(["knn", "linear", "transfer"])].copy()
-    if not bars.empty:
-        bars["what"] = np.where(bars["protocol"] == "transfer", "transfer: " + bars["setting"].astype(str),
-                                bars["protocol"].astype(str))
-        panels.append(("kNN, linear probe, transfer", bars, "bar"))
-    for proto, panel_title in (("limited", "limited labels"), ("noisy", "noisy labels")):
-        sub = top1[top1["protocol"] == proto]
-        if not sub.empty:
-            panels.append((panel_title, sub, proto))
-    corr = top1[(top1["protocol"] == "corruptions") & top1["group"].isin(["clean", "mean"]) & top1["level"].notna()]
-    if not corr.empty:
-        panels.append(("corruptions (mean over types)", corr, "corruptions"))
-    fig = _figure(5.0 * len(panels), 4.2)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
-    for ax, (panel_title, data, kind) in zip(axes, panels):
-        if kind == "bar":
-            sns.barplot(data=data, x="what", y="value", hue="model", hue_order=order, palette=palette,
-                        errorbar="sd", ax=ax)
-            ax.set_xlabel("")
-            low = max(0.0, float(data["value"].min()) - 10)
-            ax.set_ylim(low, 100)
-        else:
-            x = {"limited": "level", "noisy": "level", "corruptions": "level"}[kind]
-            style = "group" if kind == "noisy" and data["group"].nunique() > 1 else None
-            sns.lineplot(data=data, x=x, y="value", hue="model", hue_order=order, palette=palette, style=style,
-                         marker="o", errorbar="sd", ax=ax)
-            if kind == "limited":
-                ax.set_xscale("log")
-                ax.set_xlabel("fraction of training labels")
-            elif kind == "noisy":
-                ax.set_xlabel("label noise rate")
-            else:
-                ax.set_xlabel("severity (0 = clean test set)")
-        ax.set_title(panel_title)
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend() is not None and ax is not axes[-1]:
-            ax.get_legend().remove()
-    return _finish(fig, path, title)
-
-
 # ============================================================================ the protocols
 
 
 @dataclass
 class EvalSettings:
-    """Knobs of the protocols (defaults are the field's conventions and the issue's grid)."""
+    """Knobs of the protocols, validated like a run config (``config.build_validated``): a wrong name,
+    type or value fails with one ``ConfigError`` naming it. Defaults are the field's conventions."""
 
-    probe: str = "fast"  # "fast" (L-BFGS, weight decay chosen on validation) or "authors"
-    probe_epochs: int = 100  # authors' protocol only
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    label_fractions: tuple[float, ...] = (0.01, 0.1)
-    noise_rates: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    noise_kinds: tuple[str, ...] = ("symmetric",)  # add "asymmetric" for class-pair flips (rates < 0.5)
-    transfer_targets: tuple[str, ...] | None = None  # None: the defaults for the run's dataset, if present
-    corruptions: tuple[str, ...] = CORRUPTIONS
-    corruption_ladder: str = DEFAULT_LADDER  # "cifar10c" (published CIFAR-10-C parameters) or "strong"
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-    corruption_limit: int | None = None  # test images used per corruption (None: the whole test set)
-    tsne_points: int = 2000
+    probe: str = field(default="fast", metadata=validate(choices=("fast", "authors")))  # fast: L-BFGS, tuned wd
+    probe_epochs: int = field(default=100, metadata=validate(ge=1))  # authors' protocol only
+    knn_k: int = field(default=200, metadata=validate(ge=1))
+    knn_temperature: float = field(default=0.1, metadata=validate(gt=0.0))
+    label_fractions: tuple[float, ...] = field(default=(0.01, 0.1), metadata=validate(gt=0.0, le=1.0))
+    noise_rates: tuple[float, ...] = field(default=(0.2, 0.4, 0.6, 0.8), metadata=validate(ge=0.0, lt=1.0))
+    # add "asymmetric" for class-pair flips (rates < 0.5)
+    noise_kinds: tuple[str, ...] = field(default=("symmetric",), metadata=validate(choices=("symmetric", "asymmetric")))
+    # None: the defaults for the run's dataset, if present
+    transfer_targets: tuple[str, ...] | None = None
+    corruptions: tuple[str, ...] = field(default=CORRUPTIONS, metadata=validate(choices=CORRUPTIONS))
+    # "cifar10c" (published CIFAR-10-C parameters) or "strong" (the kit's own)
+    corruption_ladder: str = field(default=DEFAULT_LADDER, metadata=validate(choices=tuple(LADDERS)))
+    severities: tuple[int, ...] = field(default=(1, 2, 3, 4, 5), metadata=validate(choices=(1, 2, 3, 4, 5)))
+    # test images used per corruption (None: the whole test set)
+    corruption_limit: int | None = field(default=None, metadata=validate(ge=1))
+    tsne_points: int = field(default=2000, metadata=validate(ge=10))
     cache: bool = True  # keep features in <out_dir>/features_*.pt
-
-    def check(self) -> None:
-        if self.probe not in ("fast", "authors"):
-            raise ConfigError(f"probe: must be 'fast' or 'authors', got {self.probe!r}")
-        if self.knn_k < 1 or self.knn_temperature <= 0:
-            raise ConfigError("knn: k must be >= 1 and the temperature > 0")
-        if any(not 0 < f <= 1 for f in self.label_fractions):
-            raise ConfigError(f"label_fractions: each must be in (0, 1], got {self.label_fractions}")
-        if any(not 0 <= r < 1 for r in self.noise_rates):
-            raise ConfigError(f"noise_rates: each must be in [0, 1), got {self.noise_rates}")
-        bad = [k for k in self.noise_kinds if k not in ("symmetric", "asymmetric")]
-        if bad:
-            raise ConfigError(f"noise_kinds: unknown {bad}; choose symmetric and/or asymmetric")
-        check_ladder(self.corruption_ladder)
-        bad = [c for c in self.corruptions if c not in CORRUPTIONS]
-        if bad:
-            raise ConfigError(f"corruptions: unknown {bad}; choose from {', '.join(CORRUPTIONS)}")
-        if any(s not in (1, 2, 3, 4, 5) for s in self.severities):
-            raise ConfigError(f"severities: each must be 1..5, got {self.severities}")
-        if self.tsne_points < 10:
-            raise ConfigError(f"tsne_points: need at least 10, got {self.tsne_points}")
 
 
 @dataclass
@@ -617,9 +399,11 @@ def _run_tsne(ctx, peer, ftr, fte):
 
     points = ctx.settings.tsne_points
     key = (ctx.run.fingerprint, peer, ctx.test.name, ctx.limit, points, ctx.seeds[0])
-    if key not in _EMBEDDINGS:
-        _EMBEDDINGS[key] = tsne_embed(fte, ctx.test.labels, points, ctx.seeds[0])
-    emb, lab = _EMBEDDINGS[key]
+    if key in _EMBEDDINGS:
+        _EMBEDDINGS.move_to_end(key)
+        emb, lab = _EMBEDDINGS[key]
+    else:
+        emb, lab = _keep(_EMBEDDINGS, key, tsne_embed(fte, ctx.test.labels, points, ctx.seeds[0]), MAX_EMBEDDINGS)
     ctx.embeddings[peer] = (emb, lab)
     # The silhouette is measured on the features of the same points (L2-normalised, the geometry of
     # the kNN and the losses), not on the t-SNE coordinates, whose distances mean little.
@@ -640,8 +424,6 @@ def _labelled(data: ImageDataset) -> ImageDataset:
 
 
 def _check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
-    import difflib
-
     if isinstance(protocols, str):
         protocols = [protocols]
     # "knn linear", "knn,linear" and ["knn", "linear"] all name the same protocols
@@ -650,9 +432,8 @@ def _check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
         return PROTOCOLS
     for p in protocols:
         if p not in PROTOCOLS:
-            near = difflib.get_close_matches(p, PROTOCOLS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"protocols: unknown protocol {p!r}{hint}; choose from {', '.join(PROTOCOLS)}")
+            raise ConfigError(f"protocols: unknown protocol {p!r}{did_you_mean(p, PROTOCOLS)}; "
+                              f"choose from {', '.join(PROTOCOLS)}")
     if not protocols:
         raise ConfigError(f"protocols: none given; choose from {', '.join(PROTOCOLS)}")
     return tuple(p for p in PROTOCOLS if p in protocols)  # a fixed order: cheap ones first
@@ -687,19 +468,7 @@ def evaluate_run(run_dir: str | Path, protocols: Iterable[str] | str = PROTOCOLS
     ``notes`` (skipped parts) and ``figures`` (paths).
     """
     protocols = _check_protocols(protocols)
-    unknown = [k for k in settings if k not in EvalSettings.__dataclass_fields__]
-    if unknown:
-        import difflib
-
-        near = difflib.get_close_matches(unknown[0], EvalSettings.__dataclass_fields__, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"evaluate_run: unknown setting {unknown[0]!r}{hint}")
-    for name in ("label_fractions", "noise_rates", "noise_kinds", "corruptions", "severities", "transfer_targets"):
-        if name in settings and settings[name] is not None:
-            value = settings[name]
-            settings[name] = (value,) if isinstance(value, (str, int, float)) else tuple(value)
-    opts = EvalSettings(**settings)
-    opts.check()
+    opts = build_validated(EvalSettings, settings)
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ConfigError("seeds: give at least one seed")
@@ -796,7 +565,7 @@ def format_summary(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no results)"
     s = summarize(df)
-    s["model"] = _model_label(s)
+    s["model"] = model_label(s)
     blocks = []
     for protocol in [p for p in PROTOCOLS if p in set(s["protocol"])]:
         metric = "silhouette" if protocol == "tsne" else "top1"
@@ -833,7 +602,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Configure the ``dogo eval`` sub-command."""
+    """Configure the ``dogo eval`` sub-command; the protocols' defaults are ``EvalSettings``'."""
+    d = EvalSettings()
     parser.description = ("Evaluate every peer of one or more runs with frozen-feature protocols: "
                           + ", ".join(PROTOCOLS) + ". Results go to RUN_DIR/eval/ (and --out for a combined table).")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) or checkpoint file(s)")
@@ -844,28 +614,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR", help="also write the combined table and figures here")
     parser.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's own")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--probe", choices=["fast", "authors"], default="fast",
+    parser.add_argument("--probe", choices=["fast", "authors"], default=d.probe,
                         help="linear probe protocol: fast (L-BFGS, tuned weight decay) or the authors' (Adam 3e-4, "
                              "weight decay 1e-6, batch 64, 85/15 split, best validation epoch, --probe-epochs "
                              "epochs; their template uses 2; their defects fixed: full test set, validation "
                              "accuracy over the validation-set size)")
-    parser.add_argument("--probe-epochs", type=int, default=100, help="epochs of the authors' probe protocol")
-    parser.add_argument("--knn-k", type=int, default=200)
-    parser.add_argument("--knn-temperature", type=float, default=0.1)
-    parser.add_argument("--fractions", type=_floats, default=(0.01, 0.1), help="label fractions, e.g. 0.01,0.1")
-    parser.add_argument("--noise-rates", type=_floats, default=(0.2, 0.4, 0.6, 0.8),
+    parser.add_argument("--probe-epochs", type=int, default=d.probe_epochs, help="epochs of the authors' probe protocol")
+    parser.add_argument("--knn-k", type=int, default=d.knn_k)
+    parser.add_argument("--knn-temperature", type=float, default=d.knn_temperature)
+    parser.add_argument("--fractions", type=_floats, default=d.label_fractions, help="label fractions, e.g. 0.01,0.1")
+    parser.add_argument("--noise-rates", type=_floats, default=d.noise_rates,
                         help="e.g. 0.2,0.4,0.6,0.8: exactly round(r*N) training labels flipped, each to a "
                              "different class; the validation split is noisy too, the test set clean")
-    parser.add_argument("--noise", type=_names, default=("symmetric",), help="symmetric and/or asymmetric")
-    parser.add_argument("--transfer", type=_names, default=None, metavar="DATASETS",
+    parser.add_argument("--noise", type=_names, default=d.noise_kinds, help="symmetric and/or asymmetric")
+    parser.add_argument("--transfer", type=_names, default=d.transfer_targets, metavar="DATASETS",
                         help="transfer targets, e.g. digits or stl10,cifar100 (default: per dataset, if present)")
-    parser.add_argument("--corruptions", type=_names, default=CORRUPTIONS, metavar="NAMES",
+    parser.add_argument("--corruptions", type=_names, default=d.corruptions, metavar="NAMES",
                         help=f"comma-separated subset of {', '.join(CORRUPTIONS)}")
-    parser.add_argument("--corruption-ladder", choices=list(LADDERS), default=DEFAULT_LADDER,
+    parser.add_argument("--corruption-ladder", choices=list(LADDERS), default=d.corruption_ladder,
                         help="severity ladder: cifar10c (published CIFAR-10-C parameters, default) or strong "
                              "(the kit's own, much stronger)")
-    parser.add_argument("--corruption-limit", type=int, default=None, help="test images per corruption")
-    parser.add_argument("--tsne-points", type=int, default=2000)
+    parser.add_argument("--corruption-limit", type=int, default=d.corruption_limit, help="test images per corruption")
+    parser.add_argument("--tsne-points", type=int, default=d.tsne_points)
     parser.add_argument("--no-cache", action="store_true", help="do not write feature files under RUN_DIR/eval")
     parser.add_argument("--no-progress", action="store_true", help="print only the summary")
     parser.set_defaults(func=run_command)

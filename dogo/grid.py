@@ -48,9 +48,8 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .config import Config, _build, load_config
+from .config import NOT_AFFECTING_RESULTS, Config, build_validated, flatten, load_config
 from .errors import CheckpointError, ConfigError, DogoError
-from .notebooks import NOT_AFFECTING_RESULTS, _flatten
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_VERSION = 1
@@ -182,7 +181,7 @@ def load_grid(path: str | Path | None = None, data: dict[str, Any] | None = None
             raise ConfigError(f"{key}: missing (a grid names its name, seeds and cells)")
     data = dict(data)
     eval_data = data.pop("eval", {})
-    spec = _build(GridSpec, data)
+    spec = build_validated(GridSpec, data)
     spec.eval = eval_data
     _check_name(spec.name, "name")
     if not spec.seeds:
@@ -225,7 +224,7 @@ def load_grid(path: str | Path | None = None, data: dict[str, Any] | None = None
 def config_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the flattened resolved config, without
     the settings in ``NOT_AFFECTING_RESULTS`` (name, device, output folder, logging ...)."""
-    flat = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in NOT_AFFECTING_RESULTS}
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NOT_AFFECTING_RESULTS}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -459,8 +458,8 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
 
     Returns the result path, or None when training was interrupted (its checkpoint stays for later)."""
     from .evaluate import clear_cache, evaluate_run
-    from .notebooks import train_or_reuse
     from .runlog import atomic_write_bytes, git_commit, read_metrics
+    from .runs import train_or_reuse
     from .train import resolve_device
 
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)

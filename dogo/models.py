@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import PeerConfig
 from .errors import ConfigError
-from .objective import ViewOutputs, distill_pair  # noqa: F401 (distill_pair: its old home)
+from .objective import ViewOutputs
 
 CIFAR_STEM_BELOW = 100  # px
 

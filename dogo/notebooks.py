@@ -13,16 +13,13 @@ Executed copies go to ``--output-dir`` (git-ignored ``notebooks/executed`` by de
 committed notebooks. A smoke run sends ``FIGURES_DIR`` into the output folder, so that it never
 overwrites the committed figures.
 
-``train_or_reuse`` is the download-or-train pattern of notebooks 04-06: a run folder that already
-holds a finished run of the same config (trained here earlier, or copied from a GPU machine) is
-reused, an interrupted one is resumed, and otherwise the run is trained.
+``dogo.runs.train_or_reuse`` is the download-or-train pattern of notebooks 04-06.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import difflib
 import re
 import sys
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .errors import DogoError
+from .errors import DogoError, did_you_mean
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
@@ -130,8 +127,7 @@ def check_parameters(notebooks: list[Path], parameters: dict[str, Any]) -> dict[
     every = sorted({name for params in declared.values() for name in params})
     for name in parameters:
         if not any(name in params for params in declared.values()):
-            near = difflib.get_close_matches(name, every, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            hint = did_you_mean(name, every)
             which = ", ".join(nb.stem for nb in notebooks)
             raise DogoError(f"parameter {name!r}: not a parameter of {which}{hint}; they declare {', '.join(every)}")
     plan: dict[Path, dict[str, Any]] = {}
@@ -213,85 +209,7 @@ def run_notebooks(names: list[str] | None = None, smoke: bool = True, parameters
     return written
 
 
-# --------------------------------------------------------------------------------- download or train
-
-
 # Settings that do not change what a run learns: a run trained with other values is still reused.
-NOT_AFFECTING_RESULTS = ("name", "device", "output_dir", "data.root", "data.download", "train.progress",
-                         "train.log_every", "train.checkpoint_every", "train.checkpoint_every_steps")
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(data, list):
-        out = {}
-        for i, value in enumerate(data):
-            out.update(_flatten(value, f"{prefix}.{i}"))
-        return out if data else {prefix: []}
-    return {prefix: data}
-
-
-def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Keys (``train.epochs``, ``peers.1.width``) whose values differ between two config dicts,
-    ignoring the settings in ``NOT_AFFECTING_RESULTS``; ``{key: (value in a, value in b)}``."""
-    fa, fb = _flatten(a), _flatten(b)
-    missing = object()
-    out = {}
-    for key in sorted(set(fa) | set(fb)):
-        if key in NOT_AFFECTING_RESULTS:
-            continue
-        va, vb = fa.get(key, missing), fb.get(key, missing)
-        if va != vb:
-            out[key] = (None if va is missing else va, None if vb is missing else vb)
-    return out
-
-
-def train_or_reuse(cfg, run_dir: str | Path, progress: bool = False, **trainer_kwargs) -> dict[str, Any]:
-    """Reuse, resume or train the run ``cfg`` describes in ``run_dir``.
-
-    - ``run_dir`` holds a finished run of the same config: nothing is trained ("reused");
-    - it holds an unfinished run of the same config (interrupted, or copied mid-way): training
-      continues from its checkpoint ("resumed");
-    - it does not exist or holds no checkpoint: the run is trained ("trained").
-
-    Ctrl-C during training returns early with status "interrupted" (a checkpoint is saved; the next
-    call resumes).
-
-    A run of a *different* config raises ``DogoError`` naming the first differing keys: silently
-    reusing it would report numbers for settings that were never trained.
-
-    Returns the last epoch's metrics record with ``run_dir`` and ``status`` added.
-    """
-    from .runlog import CHECKPOINT, load_checkpoint, read_metrics, truncate_metrics
-    from .train import Trainer
-
-    run_dir = Path(run_dir)
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.is_file():
-        if (run_dir / "metrics.jsonl").is_file():
-            # Records of an attempt that died before its first checkpoint: training starts over.
-            truncate_metrics(run_dir / "metrics.jsonl", lambda record: False)
-        result = Trainer(cfg, run_dir, progress=progress, **trainer_kwargs).fit()
-        return {**result, "status": "interrupted" if result.get("interrupted") else "trained"}
-    state = load_checkpoint(ckpt)
-    diff = config_differences(state["config"], cfg.to_dict())
-    if diff:
-        shown = "; ".join(f"{k} is {a!r} there, {b!r} here" for k, (a, b) in list(diff.items())[:3])
-        raise DogoError(f"{run_dir} holds a run of another config ({shown}); choose another folder or delete it")
-    if state.get("finished") or state["epoch"] >= cfg.train.epochs:
-        records = read_metrics(run_dir)
-        last = dict(records[-1]) if records else {}
-        return {**last, "run_dir": str(run_dir), "status": "reused"}
-    del state  # the trainer reads the checkpoint again, onto its own device
-    trainer = Trainer.from_run(run_dir, progress=progress, **trainer_kwargs)
-    result = trainer.fit()
-    return {**result, "status": "interrupted" if result.get("interrupted") else "resumed"}
-
-
 # --------------------------------------------------------------------------------- command line
 
 

@@ -43,15 +43,14 @@ SEARCH_SAMPLES = 15_000  # the weight-decay search fits on at most this many sam
 
 
 # Below this many feature values a CPU probe runs on one thread: its operations are too small to
-# share, and on a busy machine every thread barrier can wait milliseconds for a descheduled core.
+# share, and when other processes hold the cores every thread barrier waits for a descheduled one.
 SINGLE_THREAD_BELOW = 4_000_000
 
 
 def one_thread_is_better(small: bool) -> bool:
     """Whether fine-grained or memory-bound CPU work should run on one thread: when it is small, or
     when torch has two threads or fewer. A second thread then gains little on such work, and when the
-    other core is busy every barrier stalls (measured on a shared 2-core machine at load 8: the fast
-    probe on 60k x 512 features took 1.5x longer on two threads, a 5k-point t-SNE 2x longer)."""
+    other core is busy every barrier stalls (benchmarks/EVAL_RESULTS.md has the timings)."""
     return small or torch.get_num_threads() <= 2
 
 

@@ -22,25 +22,17 @@ from pathlib import Path
 import torch
 
 from .augment import normalize, to_float
-from .config import Config, from_dict, load_config
+from .config import Config, baseline_of, load_config
 from .data import load_dataset
-from .evaluate import encoder_transform, load_run
 from .features import extract_features, knn_accuracy
 from .probes import linear_probe
+from .runs import encoder_transform, load_run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_quick.yaml"
 GPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cifar10_r18_r50.yaml"
 GPU_OVERRIDES = ["data.dataset=fashion_mnist", "data.image_size=32", "train.epochs=10", "train.warmup_epochs=1",
                  "train.knn_every=2", "train.checkpoint_every=5"]
 SMOKE_OVERRIDES = ["data.limit=1024", "data.eval_limit=1000", "train.epochs=1", "train.batch_size=128"]
-
-
-def baseline_of(cfg: Config) -> Config:
-    """The same run with only the first peer: SimCLR (or SimSiam) alone, nothing to distil from."""
-    data = cfg.to_dict()
-    data["peers"] = data["peers"][:1]
-    data["name"] = f"{cfg.name}_alone"
-    return from_dict(data)
 
 
 @dataclass
@@ -203,4 +195,4 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["run_quickstart", "baseline_of", "format_table", "choose_demo"]
+__all__ = ["run_quickstart", "format_table", "choose_demo"]

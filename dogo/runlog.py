@@ -73,6 +73,34 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict[str, Any]:
     return state
 
 
+def load_peer_weights(models: dict[str, torch.nn.Module], state: dict[str, Any], source: str | Path,
+                      describe=None) -> dict[str, dict[str, Any]]:
+    """Load every peer's weights from a checkpoint's ``state`` into ``models`` (peer name -> model):
+    the one check that a checkpoint matches a config.
+
+    Raises ``CheckpointError`` (one line, naming ``source``) when the checkpoint's peers are not the
+    config's, a peer has no weights, or a peer's weights do not fit its model (``describe(name)`` may
+    add the peer's architecture to that message). Returns the checkpoint's per-peer entries.
+    """
+    stored = state.get("peers")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: 'peers' is not a mapping of peer name -> state")
+    names = list(models)
+    if sorted(stored) != sorted(names):
+        raise CheckpointError(f"{source} holds peers {sorted(stored)} but its config lists {names}")
+    for name, model in models.items():
+        entry = stored[name]
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise CheckpointError(f"{source}: peer {name!r} has no model weights")
+        try:
+            model.load_state_dict(entry["model"])
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            what = f" ({describe(name)})" if describe is not None else ""
+            raise CheckpointError(f"{source}: peer {name!r} does not match its config{what}: {detail}") from None
+    return stored
+
+
 def find_checkpoint(run_or_file: str | Path) -> Path:
     """The checkpoint of a run folder (``checkpoints/last.pt``), or the file itself."""
     p = Path(run_or_file)

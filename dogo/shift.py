@@ -230,28 +230,22 @@ def _pixelate_cifar10c(x: Tensor, s: float, gen: torch.Generator) -> Tensor:
 
 Corruption = Callable[[Tensor, float, torch.Generator], Tensor]
 
+_NOISE: dict[str, Corruption] = {
+    "gaussian_noise": _gaussian_noise, "shot_noise": _shot_noise,
+    "impulse_noise": _impulse_noise, "speckle_noise": _speckle_noise,
+}
+_FUNCTIONS: dict[str, dict[str, Corruption]] = {
+    "cifar10c": {**_NOISE, "gaussian_blur": _gaussian_blur_cifar10c, "contrast": _contrast_cifar10c,
+                 "brightness": _brightness_cifar10c, "pixelate": _pixelate_cifar10c},
+    "strong": {**_NOISE, "gaussian_blur": _gaussian_blur_strong, "contrast": _contrast_strong,
+               "brightness": _brightness_strong, "pixelate": _pixelate_strong},
+}
+_SEVERITIES = {"cifar10c": CIFAR10C_SEVERITIES, "strong": STRONG_SEVERITIES}
+
 # ladder -> corruption -> (function, parameter of each severity 1..5)
 LADDERS: dict[str, dict[str, tuple[Corruption, tuple[float, ...]]]] = {
-    "cifar10c": {
-        "gaussian_noise": (_gaussian_noise, CIFAR10C_SEVERITIES["gaussian_noise"]),
-        "shot_noise": (_shot_noise, CIFAR10C_SEVERITIES["shot_noise"]),
-        "impulse_noise": (_impulse_noise, CIFAR10C_SEVERITIES["impulse_noise"]),
-        "speckle_noise": (_speckle_noise, CIFAR10C_SEVERITIES["speckle_noise"]),
-        "gaussian_blur": (_gaussian_blur_cifar10c, CIFAR10C_SEVERITIES["gaussian_blur"]),
-        "contrast": (_contrast_cifar10c, CIFAR10C_SEVERITIES["contrast"]),
-        "brightness": (_brightness_cifar10c, CIFAR10C_SEVERITIES["brightness"]),
-        "pixelate": (_pixelate_cifar10c, CIFAR10C_SEVERITIES["pixelate"]),
-    },
-    "strong": {
-        "gaussian_noise": (_gaussian_noise, STRONG_SEVERITIES["gaussian_noise"]),
-        "shot_noise": (_shot_noise, STRONG_SEVERITIES["shot_noise"]),
-        "impulse_noise": (_impulse_noise, STRONG_SEVERITIES["impulse_noise"]),
-        "speckle_noise": (_speckle_noise, STRONG_SEVERITIES["speckle_noise"]),
-        "gaussian_blur": (_gaussian_blur_strong, STRONG_SEVERITIES["gaussian_blur"]),
-        "contrast": (_contrast_strong, STRONG_SEVERITIES["contrast"]),
-        "brightness": (_brightness_strong, STRONG_SEVERITIES["brightness"]),
-        "pixelate": (_pixelate_strong, STRONG_SEVERITIES["pixelate"]),
-    },
+    ladder: {name: (functions[name], _SEVERITIES[ladder][name]) for name in CORRUPTIONS}
+    for ladder, functions in _FUNCTIONS.items()
 }
 
 

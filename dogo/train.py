@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import time
+import types
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +29,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from .augment import TestTransform, ViewAugment, view_augment_for
-from .config import Config, from_dict, load_config
+from .config import Config, load_config, load_config_from
 from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .features import extract_features, knn_accuracy
@@ -38,6 +40,7 @@ from .runlog import (
     MetricsWriter,
     environment_record,
     load_checkpoint,
+    load_peer_weights,
     read_metrics,
     save_checkpoint,
     truncate_metrics,
@@ -46,9 +49,11 @@ from .runlog import (
 TERMS = ("ssl", "distill", "total")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) picks CUDA, then Apple's MPS, then the CPU; a ``torch.device`` is returned as is."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", dist_utils.local_rank())
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -314,17 +319,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        names = [p.name for p in self.peers]
-        if sorted(state["peers"]) != sorted(names):
-            raise CheckpointError(f"{source} holds peers {sorted(state['peers'])} but the config has {names}")
+        stored = load_peer_weights({p.name: p.model for p in self.peers}, state, source)
         for p in self.peers:
-            entry = state["peers"][p.name]
-            try:
-                p.model.load_state_dict(entry["model"])
-            except RuntimeError as exc:
-                first = str(exc).splitlines()[1:2] or [str(exc)]
-                raise CheckpointError(f"{source}: peer {p.name!r} does not match the config's architecture "
-                                      f"({first[0].strip()})") from None
+            entry = stored[p.name]
             p.optimizer.load_state_dict(entry["optimizer"])
             p.scheduler.load_state_dict(entry["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -486,21 +483,23 @@ def train(cfg: Config | str | Path, run_dir: str | Path | None = None, overrides
     return Trainer(cfg, run_dir, **kwargs).fit()
 
 
-def load_config_from(cfg: Config, overrides: list[str]) -> Config:
-    from .config import apply_overrides
-
-    return from_dict(apply_overrides(cfg.to_dict(), overrides))
-
-
 def resume(run_dir: str | Path, **kwargs) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its last checkpoint, to the epochs in its config."""
-    trainer = Trainer.from_run(run_dir, **kwargs)
-    if trainer.epoch >= trainer.cfg.train.epochs:
-        records = read_metrics(trainer.run_dir)
-        last = dict(records[-1]) if records else {}
-        last.update(run_dir=str(trainer.run_dir), already_finished=True)
-        return last
-    return trainer.fit()
+    """Continue the run in ``run_dir`` from its last checkpoint, to the epochs in its config.
+
+    A run that has already finished is not rebuilt: its last metrics record comes back with
+    ``already_finished: True``. The one resume of the kit (``dogo train --resume`` and
+    ``train_or_reuse`` call it)."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.is_file() and (run_dir / "config.yaml").is_file():
+        state = load_checkpoint(ckpt_path)
+        if state.get("epoch", 0) >= load_config(run_dir / "config.yaml").train.epochs:
+            records = read_metrics(run_dir)
+            last = dict(records[-1]) if records else {}
+            last.update(run_dir=str(run_dir), already_finished=True)
+            return last
+        del state  # the trainer reads the checkpoint again, onto its own device
+    return Trainer.from_run(run_dir, **kwargs).fit()
 
 
 def _from_run(cls, run_dir: str | Path, **kwargs) -> Trainer:
@@ -523,3 +522,15 @@ def _from_run(cls, run_dir: str | Path, **kwargs) -> Trainer:
 
 
 Trainer.from_run = classmethod(_from_run)
+
+
+class _CallableModule(types.ModuleType):
+    """``dogo.train`` names both this module and its ``train`` function: the package exports the
+    function lazily, but Python binds the submodule to the same attribute once anything imports it.
+    Calling the module calls the function, so ``dogo.train(cfg)`` works either way."""
+
+    def __call__(self, *args, **kwargs) -> dict[str, Any]:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -363,3 +363,105 @@ def plot_training_curves(source: str | Path | Iterable[dict], metrics: Sequence[
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------ evaluation figures
+# Bare figures (no pyplot): no global state, safe in scripts and threads; notebooks display them.
+
+
+def _finish(fig: Figure, path: str | Path | None, title: str | None) -> Figure:
+    """Add the title, save as PNG when a path is given, return the figure."""
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, Path(path).parent, Path(path).name, dpi=130)
+    return fig
+
+
+def draw_embeddings(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path | None = None, *,
+                    class_names: Sequence[str] | None = None, title: str | None = None):
+    """Side-by-side scatter plots of 2-D embeddings, one panel per name, coloured by class, one legend."""
+    import seaborn as sns
+
+    n = len(panels)
+    num_classes = max(int(lab.max()) + 1 for _, lab in panels.values())
+    names = list(class_names) if class_names is not None and len(class_names) >= num_classes \
+        else [str(i) for i in range(num_classes)]
+    legend = num_classes <= 20
+    fig = _new_figure((4.2 * n + (2.0 if legend else 0), 4.4), pyplot=False, layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    palette = sns.color_palette("tab10" if num_classes <= 10 else "husl", num_classes)
+    for i, (ax, (name, (emb, lab))) in enumerate(zip(axes, panels.items())):
+        sns.scatterplot(x=emb[:, 0], y=emb[:, 1], hue=[names[c] for c in lab], hue_order=names[:num_classes],
+                        palette=palette, s=7, linewidth=0, alpha=0.85, ax=ax, legend=legend and i == n - 1)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if legend:
+        sns.move_legend(axes[-1], "center left", bbox_to_anchor=(1.02, 0.5), title="class", markerscale=2.5,
+                        frameon=False)
+    return _finish(fig, path, title)
+
+
+def model_label(df: Any) -> Any:
+    """The model column of a results table (a pandas DataFrame): the peer, or "run / peer" when it
+    holds several runs."""
+    if df["run"].nunique() > 1:
+        return df["run"].astype(str) + " / " + df["peer"].astype(str)
+    return df["peer"].astype(str)
+
+
+def plot_summary(df: Any, path: str | Path | None = None, title: str | None = None):
+    """One panel per protocol in the table: top-1 (mean, error bars = std over seeds) per model.
+
+    kNN, linear and transfer as bars; limited labels vs label fraction; noisy labels vs noise rate;
+    corruptions (mean over types) vs severity, 0 = clean. Returns the Figure (None if nothing to draw).
+    """
+    import seaborn as sns
+
+    top1 = df[df["metric"] == "top1"].copy()
+    if top1.empty:
+        return None
+    top1["model"] = model_label(top1)
+    order = list(dict.fromkeys(top1["model"]))
+    panels = []
+    bars = top1[top1["protocol"].isin(["knn", "linear", "transfer"])].copy()
+    if not bars.empty:
+        bars["what"] = np.where(bars["protocol"] == "transfer", "transfer: " + bars["setting"].astype(str),
+                                bars["protocol"].astype(str))
+        panels.append(("kNN, linear probe, transfer", bars, "bar"))
+    for proto, panel_title in (("limited", "limited labels"), ("noisy", "noisy labels")):
+        sub = top1[top1["protocol"] == proto]
+        if not sub.empty:
+            panels.append((panel_title, sub, proto))
+    corr = top1[(top1["protocol"] == "corruptions") & top1["group"].isin(["clean", "mean"]) & top1["level"].notna()]
+    if not corr.empty:
+        panels.append(("corruptions (mean over types)", corr, "corruptions"))
+    fig = _new_figure((5.0 * len(panels), 4.2), pyplot=False, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    for ax, (panel_title, data, kind) in zip(axes, panels):
+        if kind == "bar":
+            sns.barplot(data=data, x="what", y="value", hue="model", hue_order=order, palette=palette,
+                        errorbar="sd", ax=ax)
+            ax.set_xlabel("")
+            low = max(0.0, float(data["value"].min()) - 10)
+            ax.set_ylim(low, 100)
+        else:
+            x = {"limited": "level", "noisy": "level", "corruptions": "level"}[kind]
+            style = "group" if kind == "noisy" and data["group"].nunique() > 1 else None
+            sns.lineplot(data=data, x=x, y="value", hue="model", hue_order=order, palette=palette, style=style,
+                         marker="o", errorbar="sd", ax=ax)
+            if kind == "limited":
+                ax.set_xscale("log")
+                ax.set_xlabel("fraction of training labels")
+            elif kind == "noisy":
+                ax.set_xlabel("label noise rate")
+            else:
+                ax.set_xlabel("severity (0 = clean test set)")
+        ax.set_title(panel_title)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend() is not None and ax is not axes[-1]:
+            ax.get_legend().remove()
+    return _finish(fig, path, title)

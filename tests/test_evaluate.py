@@ -20,7 +20,6 @@ from dogo.evaluate import (
     clear_cache,
     evaluate_run,
     format_summary,
-    load_run,
     peer_features,
     tsne_plot,
 )
@@ -34,6 +33,7 @@ from dogo.probes import (
     stratified_split,
     symmetric_label_noise,
 )
+from dogo.runs import load_run
 from dogo.shift import adapt_channels
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -391,3 +391,21 @@ def test_corruption_rows_name_their_ladder(digits_run, tmp_path):
     assert "mean (cifar10c)" in both and "mean (strong)" in both
     with pytest.raises(ConfigError, match="corruption_ladder"):
         evaluate_run(digits_run, ["corruptions"], corruption_ladder="cifar10-c", **kwargs)
+
+
+def test_eval_settings_are_validated_like_a_config_and_give_the_cli_defaults():
+    from dogo.config import build_validated
+    from dogo.evaluate import EvalSettings
+
+    with pytest.raises(ConfigError, match=r"noise_rates\[1\]: must be < 1"):
+        build_validated(EvalSettings, {"noise_rates": [0.2, 1.0]})
+    with pytest.raises(ConfigError, match=r"severities\[0\]: unknown value 6"):
+        build_validated(EvalSettings, {"severities": (6,)})
+    with pytest.raises(ConfigError, match="knn_k: expected an integer"):
+        build_validated(EvalSettings, {"knn_k": "many"})
+    assert build_validated(EvalSettings, {"corruptions": "contrast"}).corruptions == ("contrast",)
+    args = cli.build_parser().parse_args(["eval", "some-run"])
+    d = EvalSettings()
+    assert (args.probe, args.probe_epochs, args.knn_k, args.fractions, args.noise_rates, args.corruption_ladder,
+            args.tsne_points) == (d.probe, d.probe_epochs, d.knn_k, d.label_fractions, d.noise_rates,
+                                  d.corruption_ladder, d.tsne_points)

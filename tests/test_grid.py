@@ -318,8 +318,8 @@ def test_committed_grid_files_are_valid():
     assert cpu.spec.seeds == [0, 1, 2, 3, 4]
     assert [p.width for p in cpu.config("small_alone", 0).peers] == [16]
     assert [p.width for p in cpu.config("dogo", 3).peers] == [16, 48] and cpu.config("dogo", 3).seed == 3
-    from dogo.config import load_config
-    from dogo.quickstart import DEFAULT_CONFIG, baseline_of
+    from dogo.config import baseline_of, load_config
+    from dogo.quickstart import DEFAULT_CONFIG
 
     # The small CNN alone is exactly the quickstart's baseline (up to its name).
     assert config_hash(cpu.config("small_alone", 0)) == config_hash(baseline_of(load_config(DEFAULT_CONFIG)))

@@ -17,19 +17,18 @@ import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from dogo.cli import main
-from dogo.config import load_config
+from dogo.config import config_differences, load_config
 from dogo.errors import DogoError
 from dogo.notebooks import (
     _type_matches,
     check_parameters,
-    config_differences,
     list_notebooks,
     parse_value,
     resolve_notebooks,
     run_notebooks,
-    train_or_reuse,
 )
 from dogo.runlog import read_metrics
+from dogo.runs import train_or_reuse
 
 from .helpers import REPO, assert_same_run, tiny_overrides
 

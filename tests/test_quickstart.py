@@ -7,8 +7,8 @@ import json
 import pytest
 
 from dogo.cli import main
-from dogo.config import load_config
-from dogo.quickstart import DEFAULT_CONFIG, baseline_of, format_table
+from dogo.config import baseline_of, load_config
+from dogo.quickstart import DEFAULT_CONFIG, format_table
 
 
 def test_baseline_is_the_first_peer_alone_with_identical_settings():

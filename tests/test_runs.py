@@ -6,9 +6,10 @@ import torch
 
 from dogo.config import load_config
 from dogo.data import STATS, ImageDataset
-from dogo.evaluate import clear_cache, load_run, peer_features
+from dogo.evaluate import clear_cache, peer_features
 from dogo.features import extract_features
 from dogo.runlog import load_checkpoint, save_checkpoint
+from dogo.runs import load_run
 from dogo.train import Trainer
 
 
