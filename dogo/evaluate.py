@@ -423,7 +423,7 @@ def _labelled(data: ImageDataset) -> ImageDataset:
     return data
 
 
-def _check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
+def check_protocols(protocols: Iterable[str] | str) -> tuple[str, ...]:
     if isinstance(protocols, str):
         protocols = [protocols]
     # "knn linear", "knn,linear" and ["knn", "linear"] all name the same protocols
@@ -467,7 +467,7 @@ def evaluate_run(run_dir: str | Path, protocols: Iterable[str] | str = PROTOCOLS
     earlier call (the feature files are kept and reused). ``df.attrs`` holds
     ``notes`` (skipped parts) and ``figures`` (paths).
     """
-    protocols = _check_protocols(protocols)
+    protocols = check_protocols(protocols)
     opts = build_validated(EvalSettings, settings)
     seeds = tuple(int(s) for s in seeds)
     if not seeds:

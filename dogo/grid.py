@@ -49,7 +49,7 @@ import yaml
 
 from . import __version__
 from .config import NOT_AFFECTING_RESULTS, Config, build_validated, flatten, load_config
-from .errors import CheckpointError, ConfigError, DogoError
+from .errors import ConfigError, DogoError
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_VERSION = 1
@@ -122,8 +122,8 @@ def _check_name(value: str, key: str) -> None:
 
 
 def _resolve_eval(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check the ``eval`` section with evaluate_run's own validation; return (kwargs, recorded settings)."""
-    from .evaluate import PROTOCOLS, EvalSettings, evaluate_run
+    """Check the ``eval`` section with the evaluation's own rules; return (kwargs, recorded settings)."""
+    from .evaluate import PROTOCOLS, EvalSettings, check_protocols
 
     if not isinstance(data, dict):
         raise ConfigError(f"eval: expected a mapping of evaluation settings, got {data!r}")
@@ -143,19 +143,16 @@ def _resolve_eval(data: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     for key in ("device", "out_dir", "progress", "figures", "dataset", "cache"):
         if key in kwargs:
             raise ConfigError(f"eval.{key}: set by the grid runner, not by the grid file")
+    if limit is not None and limit < 20:
+        raise ConfigError(f"eval.limit: need at least 20 images per split, got {limit}")
+    if not seeds:
+        raise ConfigError("eval.seeds: give at least one seed")
     fields = {f.name: f.default for f in dataclasses.fields(EvalSettings)}
-    try:  # evaluate_run validates everything before it looks for the run, which does not exist
-        evaluate_run(REPO / "runs" / ".grid-validation-no-such-run", protocols, limit=limit, seeds=seeds,
-                     progress=False, figures=False, **kwargs)
-    except CheckpointError:
-        pass
+    build_validated(EvalSettings, kwargs, "eval")
+    try:
+        protocols = list(check_protocols(protocols))
     except ConfigError as exc:
-        message = str(exc)
-        raise ConfigError(f"eval: {message[len('evaluate_run: '):]}" if message.startswith("evaluate_run: ")
-                          else f"eval.{message}") from None
-    except TypeError as exc:
-        raise ConfigError(f"eval: {exc}") from None
-    protocols = [p for p in PROTOCOLS if p in {q.strip() for item in protocols for q in item.split(",")}]
+        raise ConfigError(f"eval.{exc}") from None
     settings = {k: v for k, v in fields.items() if k != "cache"}
     settings.update(kwargs)
     recorded = json.loads(json.dumps({"protocols": protocols, "limit": limit, "seeds": seeds, **settings},
