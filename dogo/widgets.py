@@ -45,6 +45,8 @@ class DistillState:
         P, Q: the student's and the peer's distributions, float64 arrays (B, B), rows sum to 1.
         row_kl: KL(Q[i] || P[i]) for every row i, (B,).
         kl: ``similarity_distill(own1, own2, peer1, peer2, temperature, reduction)`` as a float.
+        entropy_P, entropy_Q: mean row entropy ``-(1/B) sum_i sum_j P_ij log P_ij`` (nats) of P and Q;
+            ``log B`` for uniform rows, 0 for one-hot rows.
         weighted_kl: ``weight * kl``.
         total: ``ssl + weight * kl``, the student's loss.
     """
@@ -57,6 +59,8 @@ class DistillState:
     Q: np.ndarray
     row_kl: np.ndarray
     kl: float
+    entropy_P: float
+    entropy_Q: float
     ssl: float
     weighted_kl: float
     total: float
@@ -86,18 +90,26 @@ def distill_state(own1: torch.Tensor, own2: torch.Tensor, peer1: torch.Tensor, p
         log_p = similarity_log_distribution(own1, own2, temperature).double()
         log_q = similarity_log_distribution(peer1, peer2, temperature).double()
         row_kl = (log_q.exp() * (log_q - log_p)).sum(dim=1)
+        entropy_p = float(-(log_p.exp() * log_p).sum(dim=1).mean())
+        entropy_q = float(-(log_q.exp() * log_q).sum(dim=1).mean())
     weight, ssl = float(weight), float(ssl)
     return DistillState(
         temperature=float(temperature), weight=weight, row=int(row), reduction=reduction,
         P=log_p.exp().cpu().numpy(), Q=log_q.exp().cpu().numpy(), row_kl=row_kl.cpu().numpy(),
-        kl=kl, ssl=ssl, weighted_kl=weight * kl, total=ssl + weight * kl,
+        kl=kl, entropy_P=entropy_p, entropy_Q=entropy_q, ssl=ssl, weighted_kl=weight * kl, total=ssl + weight * kl,
     )
 
 
 def readout_text(state: DistillState) -> str:
-    """The one-line readout, e.g. ``τ = 0.100 | KL(Q‖P) = 0.1234 | w·KL = 0.1234 | SSL = 4.5678 | total = 4.6912``."""
+    """The one-line readout, e.g. ``τ = 0.100 | KL(Q‖P) = 0.1234 | w·KL = 0.1234 | SSL = 4.5678 |
+    total = 4.6912 | H(P) = 1.2345 | H(Q) = 0.9876 | log B = 2.7726``.
+
+    H is the mean row entropy in nats: ``log B`` when every row is uniform, 0 when every row is one-hot.
+    """
+    batch = state.P.shape[0]
     return (f"τ = {state.temperature:.3f} | KL(Q‖P) = {state.kl:.4f} | w·KL = {state.weighted_kl:.4f} | "
-            f"SSL = {state.ssl:.4f} | total = {state.total:.4f}")
+            f"SSL = {state.ssl:.4f} | total = {state.total:.4f} | H(P) = {state.entropy_P:.4f} | "
+            f"H(Q) = {state.entropy_Q:.4f} | log B = {math.log(batch):.4f}")
 
 
 def readout_html(state: DistillState) -> str:
