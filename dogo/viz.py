@@ -192,8 +192,8 @@ class DistillFigure:
     """The explorer's figure, four panels drawn once and then updated in place (fast redraws):
 
     the peer's distribution Q and the student's P (B x B, rows sum to 1, one fixed colour scale
-    from 0 to 1 at every temperature, positives on the diagonal outlined), both distributions along one row i, and the student's
-    loss terms SSL, w * KL and their sum.
+    from 0 to 1 at every temperature, positives on the diagonal outlined), both distributions along
+    one row i, and the student's loss terms SSL, w * KL and their sum.
 
     ``draw(state)`` takes a ``dogo.widgets.DistillState`` (attributes ``P``, ``Q``, ``row``,
     ``temperature``, ``weight``, ``kl``, ``ssl``, ``weighted_kl``, ``total``).
