@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,6 +118,79 @@ def readout_html(state: DistillState) -> str:
     return f'<span style="font-family: monospace">{html.escape(readout_text(state))}</span>'
 
 
+@dataclass
+class ExplorerBatch:
+    """Head outputs of a student and its peer for one batch of labelled images, each peer on its own two views.
+
+    Attributes:
+        own1, own2, peer1, peer2: what ``similarity_distill`` compares for the student, (B, d) and (B, d').
+        images, labels: the uint8 images (B, C, H, W) and their classes (B,), sorted by class.
+        classes: the class names.
+        own_name, peer_name: labels for the two peers, e.g. ``"small (cnn w16)"``.
+        ssl_temperature: the student's NT-Xent temperature.
+        source: where the networks come from, e.g. ``"published run 'fmnist_quick'"``.
+        trained: False when the published run was unavailable and random networks stand in.
+    """
+
+    own1: torch.Tensor
+    own2: torch.Tensor
+    peer1: torch.Tensor
+    peer2: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple
+    own_name: str
+    peer_name: str
+    ssl_temperature: float
+    source: str
+    trained: bool
+
+
+def explorer_batch(batch: int = 16, seed: int = 0, published: str = "fmnist_quick",
+                   directory: str | Path | None = None) -> ExplorerBatch:
+    """A batch for the explorer from the trained pair of published run ``published`` (its first peer is
+    the student, its second the peer), or, if that run is unavailable, from random networks of the quick
+    config. The images are ``ceil(batch / C)`` test images of each class, the first ``batch`` of them.
+    ``directory``: where the published runs are (default: the kit's ``pretrained/``)."""
+    from .augment import view_augment_for
+    from .config import load_config
+    from .data import load_dataset
+    from .errors import CheckpointError
+    from .models import build_model, distill_pair
+    from .published import PUBLISHED_DIR, load_published
+    from .quickstart import DEFAULT_CONFIG
+
+    try:
+        models = load_published(published, directory=directory or PUBLISHED_DIR)
+        cfg, trained, source = models.config, True, f"published run {published!r}"
+    except CheckpointError as exc:  # PublishedError included
+        cfg = load_config(DEFAULT_CONFIG)
+        with torch.random.fork_rng():  # seeded initialisation, without touching the caller's random state
+            torch.manual_seed(seed)
+            models = {p.name: build_model(p, 1, cfg.data.image_size).eval() for p in cfg.peers}
+        trained, source = False, f"random networks (the published run is unavailable: {exc})"
+    data = load_dataset(cfg.data.dataset, "test", cfg.data.root, seed=seed)
+    per_class = math.ceil(batch / data.num_classes)
+    picked = torch.cat([(data.labels == c).nonzero().flatten()[:per_class] for c in range(data.num_classes)])
+    picked = picked[:batch]  # grouped by class
+    images, labels = data.images[picked], data.labels[picked]
+    student_cfg, peer_cfg = cfg.peers[0], cfg.peers[1]
+    student, peer = models[student_cfg.name], models[peer_cfg.name]
+    generator = torch.Generator().manual_seed(seed)
+    outputs = []
+    for model, spec in ((student, student_cfg), (peer, peer_cfg)):
+        augment = view_augment_for(spec.objective, cfg.data.image_size, data.mean, data.std, cfg.augment)
+        with torch.no_grad():
+            outputs.append(model(augment(images, generator), augment(images, generator)))
+    own1, own2, peer1, peer2 = distill_pair(student, outputs[0], peer, outputs[1])
+
+    def describe(spec) -> str:
+        return f"{spec.name} ({spec.backbone}" + (f" w{spec.width})" if spec.backbone == "cnn" else ")")
+
+    return ExplorerBatch(own1, own2, peer1, peer2, images, labels, tuple(data.classes), describe(student_cfg),
+                         describe(peer_cfg), student_cfg.temperature, source, trained)
+
+
 class DistillExplorer:
     """Interactive view of the distillation term for one batch of head outputs.
 
@@ -149,6 +223,8 @@ class DistillExplorer:
         self.reduction = reduction
         self.own_name, self.peer_name = own_name, peer_name
         self.dpi = dpi
+        self.source = "given head outputs"  # from_published says which run
+        self.batch: ExplorerBatch | None = None
         batch = self.own1.shape[0]
 
         # continuous_update: redraw while dragging. The ipywidgets front end keeps at most one update
@@ -183,6 +259,20 @@ class DistillExplorer:
             self.image,
         ])
         self.update()
+
+    @classmethod
+    def from_published(cls, published: str = "fmnist_quick", batch: int = 16, seed: int = 0,
+                       directory: str | Path | None = None, **kwargs) -> DistillExplorer:
+        """The explorer on a trained pair: :func:`explorer_batch` of published run ``published`` (random
+        networks only when it is unavailable; ``explorer.source`` says which)."""
+        data = explorer_batch(batch, seed, published, directory)
+        kwargs.setdefault("own_name", f"student: {data.own_name}")
+        kwargs.setdefault("peer_name", f"peer: {data.peer_name}")
+        kwargs.setdefault("ssl_temperature", data.ssl_temperature)
+        explorer = cls(data.own1, data.own2, data.peer1, data.peer2, **kwargs)
+        explorer.batch = data
+        explorer.source = data.source
+        return explorer
 
     def _on_change(self, change) -> None:
         self.update()

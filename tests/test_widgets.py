@@ -193,3 +193,33 @@ def test_entropy_readout_follows_the_temperature(outputs):
         assert f"log B = {math.log(6):.4f}" in explorer.readout.value
     assert len(set(readouts)) == len(readouts)
     assert entropies == sorted(entropies, reverse=True)  # colder rows are sharper
+
+
+@pytest.fixture(scope="module")
+def trained_explorer():
+    return DistillExplorer.from_published(batch=16, dpi=DPI)
+
+
+def test_explorer_uses_the_published_trained_pair_by_default(trained_explorer):
+    explorer = trained_explorer
+    assert explorer.batch.trained and explorer.source == "published run 'fmnist_quick'"
+    assert explorer.own1.shape[0] == 16 and explorer.batch.labels.tolist() == sorted(explorer.batch.labels.tolist())
+    assert explorer.state.kl == float(similarity_distill(explorer.own1, explorer.own2, explorer.peer1, explorer.peer2,
+                                                         temperature=0.1))
+
+
+def test_entropy_readout_falls_with_the_temperature_on_trained_features(trained_explorer):
+    explorer = trained_explorer
+    entropies = []
+    for tau in (1.0, 0.3, 0.1, 0.03):
+        explorer.temperature.value = tau
+        entropies.append((explorer.state.entropy_P, explorer.state.entropy_Q))
+        assert f"H(Q) = {explorer.state.entropy_Q:.4f}" in explorer.readout.value
+    for (p_warm, q_warm), (p_cold, q_cold) in zip(entropies, entropies[1:]):
+        assert p_cold < p_warm and q_cold < q_warm
+    assert entropies[0][0] > 0.5 * math.log(16) > entropies[-1][0]  # from near uniform to peaked rows
+
+
+def test_explorer_falls_back_to_random_networks_without_the_published_run(tmp_path):
+    explorer = DistillExplorer.from_published(batch=8, directory=tmp_path, dpi=DPI)
+    assert not explorer.batch.trained and explorer.source.startswith("random networks")
