@@ -1,13 +1,14 @@
 # Set-up and common tasks. Every target sets up what it needs (system packages, venv, pip packages).
 #   make quickstart   # set up, then SimCLR alone vs DoGo on Fashion-MNIST (CPU, offline, minutes)
 #   make test         # set up, then the whole test suite (what CI runs)
+#   make docs         # set up, then site/: the executed notebooks and the README as HTML
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := dataset-fashion-mnist chromium
 
-.PHONY: setup system-packages venv quickstart test test-fast notebooks notebooks-full lint bench clean
+.PHONY: setup system-packages venv quickstart test test-fast notebooks notebooks-full docs lint bench clean
 
 setup: system-packages venv
 
@@ -48,6 +49,10 @@ notebooks: venv
 notebooks-full: venv
 	$(BIN)/dogo notebooks
 
+# Smoke-executes the notebooks that have no executed copy in notebooks/executed yet, then renders the site.
+docs: venv
+	$(BIN)/python -m dogo.site --executed notebooks/executed --site site
+
 lint: venv
 	$(BIN)/ruff check dogo tests benchmarks notebooks
 
@@ -56,4 +61,4 @@ bench: venv
 	$(BIN)/python benchmarks/bench_losses.py
 
 clean:
-	rm -rf runs notebooks/executed test-artifacts .pytest_cache
+	rm -rf runs notebooks/executed test-artifacts site .pytest_cache

@@ -19,9 +19,13 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-# Colours used for the two roles in distillation, the same in every figure of the kit.
-OWN_COLOR = "#1f77b4"   # the student: the model that receives the gradient
-PEER_COLOR = "#d62728"  # the peer: the detached target distribution
+# One colour per role, the same in every figure of the kit:
+#   "alone":   the small model trained alone (the baseline);
+#   "student": the small model trained beside its peer, the model that receives the gradient;
+#   "peer":    the larger model, whose distribution is the detached target.
+ROLE_COLORS = {"alone": "#ff7f0e", "student": "#1f77b4", "peer": "#d62728"}
+OWN_COLOR = ROLE_COLORS["student"]
+PEER_COLOR = ROLE_COLORS["peer"]
 
 
 def _new_figure(figsize: tuple[float, float], pyplot: bool = True, **kwargs) -> Figure:
@@ -187,9 +191,9 @@ def plot_similarity_matrix(sim: Any, ax: Axes | None = None, title: str | None =
 class DistillFigure:
     """The explorer's figure, four panels drawn once and then updated in place (fast redraws):
 
-    the peer's distribution Q and the student's P (B x B, rows sum to 1, one shared colour scale,
-    positives on the diagonal outlined), both distributions along one row i, and the student's
-    loss terms SSL, w * KL and their sum.
+    the peer's distribution Q and the student's P (B x B, rows sum to 1, one fixed colour scale
+    from 0 to 1 at every temperature, positives on the diagonal outlined), both distributions along
+    one row i, and the student's loss terms SSL, w * KL and their sum.
 
     ``draw(state)`` takes a ``dogo.widgets.DistillState`` (attributes ``P``, ``Q``, ``row``,
     ``temperature``, ``weight``, ``kl``, ``ssl``, ``weighted_kl``, ``total``).
@@ -251,10 +255,10 @@ class DistillFigure:
     def draw(self, state: Any) -> Figure:
         if self._batch != state.P.shape[0]:
             self._build(state)
-        top = float(max(state.P.max(), state.Q.max()))
+        # The colour scale stays 0..1 (a probability) at every temperature: rescaling it to each
+        # state's maximum would make a flat and a peaked distribution look alike.
         for image, matrix, line in zip(self.images, (state.Q, state.P), self.row_lines):
             image.set_data(matrix)
-            image.set_clim(0, top)
             line.set_ydata([state.row, state.row])
         columns = np.arange(self._batch)
         self.q_line.set_data(columns, state.Q[state.row])

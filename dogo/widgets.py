@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,8 @@ class DistillState:
         P, Q: the student's and the peer's distributions, float64 arrays (B, B), rows sum to 1.
         row_kl: KL(Q[i] || P[i]) for every row i, (B,).
         kl: ``similarity_distill(own1, own2, peer1, peer2, temperature, reduction)`` as a float.
+        entropy_P, entropy_Q: mean row entropy ``-(1/B) sum_i sum_j P_ij log P_ij`` (nats) of P and Q;
+            ``log B`` for uniform rows, 0 for one-hot rows.
         weighted_kl: ``weight * kl``.
         total: ``ssl + weight * kl``, the student's loss.
     """
@@ -57,6 +60,8 @@ class DistillState:
     Q: np.ndarray
     row_kl: np.ndarray
     kl: float
+    entropy_P: float
+    entropy_Q: float
     ssl: float
     weighted_kl: float
     total: float
@@ -86,23 +91,104 @@ def distill_state(own1: torch.Tensor, own2: torch.Tensor, peer1: torch.Tensor, p
         log_p = similarity_log_distribution(own1, own2, temperature).double()
         log_q = similarity_log_distribution(peer1, peer2, temperature).double()
         row_kl = (log_q.exp() * (log_q - log_p)).sum(dim=1)
+        entropy_p = float(-(log_p.exp() * log_p).sum(dim=1).mean())
+        entropy_q = float(-(log_q.exp() * log_q).sum(dim=1).mean())
     weight, ssl = float(weight), float(ssl)
     return DistillState(
         temperature=float(temperature), weight=weight, row=int(row), reduction=reduction,
         P=log_p.exp().cpu().numpy(), Q=log_q.exp().cpu().numpy(), row_kl=row_kl.cpu().numpy(),
-        kl=kl, ssl=ssl, weighted_kl=weight * kl, total=ssl + weight * kl,
+        kl=kl, entropy_P=entropy_p, entropy_Q=entropy_q, ssl=ssl, weighted_kl=weight * kl, total=ssl + weight * kl,
     )
 
 
 def readout_text(state: DistillState) -> str:
-    """The one-line readout, e.g. ``τ = 0.100 | KL(Q‖P) = 0.1234 | w·KL = 0.1234 | SSL = 4.5678 | total = 4.6912``."""
+    """The one-line readout, e.g. ``τ = 0.100 | KL(Q‖P) = 0.1234 | w·KL = 0.1234 | SSL = 4.5678 |
+    total = 4.6912 | H(P) = 1.2345 | H(Q) = 0.9876 | log B = 2.7726``.
+
+    H is the mean row entropy in nats: ``log B`` when every row is uniform, 0 when every row is one-hot.
+    """
+    batch = state.P.shape[0]
     return (f"τ = {state.temperature:.3f} | KL(Q‖P) = {state.kl:.4f} | w·KL = {state.weighted_kl:.4f} | "
-            f"SSL = {state.ssl:.4f} | total = {state.total:.4f}")
+            f"SSL = {state.ssl:.4f} | total = {state.total:.4f} | H(P) = {state.entropy_P:.4f} | "
+            f"H(Q) = {state.entropy_Q:.4f} | log B = {math.log(batch):.4f}")
 
 
 def readout_html(state: DistillState) -> str:
     """:func:`readout_text` as the HTML the readout widget shows."""
     return f'<span style="font-family: monospace">{html.escape(readout_text(state))}</span>'
+
+
+@dataclass
+class ExplorerBatch:
+    """Head outputs of a student and its peer for one batch of labelled images, each peer on its own two views.
+
+    Attributes:
+        own1, own2, peer1, peer2: what ``similarity_distill`` compares for the student, (B, d) and (B, d').
+        images, labels: the uint8 images (B, C, H, W) and their classes (B,), sorted by class.
+        classes: the class names.
+        own_name, peer_name: labels for the two peers, e.g. ``"small (cnn w16)"``.
+        ssl_temperature: the student's NT-Xent temperature.
+        source: where the networks come from, e.g. ``"published run 'fmnist_quick'"``.
+        trained: False when the published run was unavailable and random networks stand in.
+    """
+
+    own1: torch.Tensor
+    own2: torch.Tensor
+    peer1: torch.Tensor
+    peer2: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple
+    own_name: str
+    peer_name: str
+    ssl_temperature: float
+    source: str
+    trained: bool
+
+
+def explorer_batch(batch: int = 16, seed: int = 0, published: str = "fmnist_quick",
+                   directory: str | Path | None = None) -> ExplorerBatch:
+    """A batch for the explorer from the trained pair of published run ``published`` (its first peer is
+    the student, its second the peer), or, if that run is unavailable, from random networks of the quick
+    config. The images are ``ceil(batch / C)`` test images of each class, the first ``batch`` of them.
+    ``directory``: where the published runs are (default: the kit's ``pretrained/``)."""
+    from .augment import view_augment_for
+    from .config import load_config
+    from .data import load_dataset
+    from .errors import CheckpointError
+    from .models import build_model, distill_pair
+    from .published import PUBLISHED_DIR, load_published
+    from .quickstart import DEFAULT_CONFIG
+
+    try:
+        models = load_published(published, directory=directory or PUBLISHED_DIR)
+        cfg, trained, source = models.config, True, f"published run {published!r}"
+    except CheckpointError as exc:  # PublishedError included
+        cfg = load_config(DEFAULT_CONFIG)
+        with torch.random.fork_rng():  # seeded initialisation, without touching the caller's random state
+            torch.manual_seed(seed)
+            models = {p.name: build_model(p, 1, cfg.data.image_size).eval() for p in cfg.peers}
+        trained, source = False, f"random networks (the published run is unavailable: {exc})"
+    data = load_dataset(cfg.data.dataset, "test", cfg.data.root, seed=seed)
+    per_class = math.ceil(batch / data.num_classes)
+    picked = torch.cat([(data.labels == c).nonzero().flatten()[:per_class] for c in range(data.num_classes)])
+    picked = picked[:batch]  # grouped by class
+    images, labels = data.images[picked], data.labels[picked]
+    student_cfg, peer_cfg = cfg.peers[0], cfg.peers[1]
+    student, peer = models[student_cfg.name], models[peer_cfg.name]
+    generator = torch.Generator().manual_seed(seed)
+    outputs = []
+    for model, spec in ((student, student_cfg), (peer, peer_cfg)):
+        augment = view_augment_for(spec.objective, cfg.data.image_size, data.mean, data.std, cfg.augment)
+        with torch.no_grad():
+            outputs.append(model(augment(images, generator), augment(images, generator)))
+    own1, own2, peer1, peer2 = distill_pair(student, outputs[0], peer, outputs[1])
+
+    def describe(spec) -> str:
+        return f"{spec.name} ({spec.backbone}" + (f" w{spec.width})" if spec.backbone == "cnn" else ")")
+
+    return ExplorerBatch(own1, own2, peer1, peer2, images, labels, tuple(data.classes), describe(student_cfg),
+                         describe(peer_cfg), student_cfg.temperature, source, trained)
 
 
 class DistillExplorer:
@@ -137,6 +223,8 @@ class DistillExplorer:
         self.reduction = reduction
         self.own_name, self.peer_name = own_name, peer_name
         self.dpi = dpi
+        self.source = "given head outputs"  # from_published says which run
+        self.batch: ExplorerBatch | None = None
         batch = self.own1.shape[0]
 
         # continuous_update: redraw while dragging. The ipywidgets front end keeps at most one update
@@ -171,6 +259,20 @@ class DistillExplorer:
             self.image,
         ])
         self.update()
+
+    @classmethod
+    def from_published(cls, published: str = "fmnist_quick", batch: int = 16, seed: int = 0,
+                       directory: str | Path | None = None, **kwargs) -> DistillExplorer:
+        """The explorer on a trained pair: :func:`explorer_batch` of published run ``published`` (random
+        networks only when it is unavailable; ``explorer.source`` says which)."""
+        data = explorer_batch(batch, seed, published, directory)
+        kwargs.setdefault("own_name", f"student: {data.own_name}")
+        kwargs.setdefault("peer_name", f"peer: {data.peer_name}")
+        kwargs.setdefault("ssl_temperature", data.ssl_temperature)
+        explorer = cls(data.own1, data.own2, data.peer1, data.peer2, **kwargs)
+        explorer.batch = data
+        explorer.source = data.source
+        return explorer
 
     def _on_change(self, change) -> None:
         self.update()

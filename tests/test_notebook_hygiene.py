@@ -94,3 +94,39 @@ def test_cell_ids_are_unique(notebook):
     path, raw, nb = notebook
     ids = [c.get("id") for c in raw["cells"]]
     assert None not in ids and len(set(ids)) == len(ids)
+
+
+def _parameters_then_smoke(nb, injected: dict) -> dict:
+    """Run what papermill runs before the notebook's imports: the parameters cell, the injected values,
+    then the ``if SMOKE:`` cell; returns the resulting values."""
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    namespace: dict = {}
+    exec(nb.cells[index].source, namespace)
+    namespace.update(injected)
+    exec(nb.cells[index + 1].source, namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+
+
+def _numeric_parameters(nb) -> dict:
+    values = _parameters_then_smoke(nb, {"SMOKE": False})
+    return {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def test_smoke_caps_the_defaults_and_never_raises_them(notebook):
+    path, raw, nb = notebook
+    defaults = _numeric_parameters(nb)
+    smoke = _parameters_then_smoke(nb, {"SMOKE": True})
+    for name, default in defaults.items():
+        if default:  # 0 means "all" in some notebooks; a cap then gives a positive number
+            assert smoke[name] <= default, f"{path.name}: SMOKE raised {name} from {default} to {smoke[name]}"
+
+
+def test_smoke_keeps_a_smaller_value_passed_as_a_parameter(notebook):
+    """``dogo notebooks --smoke -p EPOCHS 1 -p LIMIT 300``: SMOKE caps what it shrinks and never replaces
+    a value that is already below its cap (each number is set to 1, below every cap)."""
+    path, raw, nb = notebook
+    for name, default in _numeric_parameters(nb).items():
+        value = 1 if isinstance(default, int) else 1e-3
+        after = _parameters_then_smoke(nb, {"SMOKE": True, name: value})[name]
+        assert after <= value, f"{path.name}: with SMOKE, {name} = {value} became {after}"
+        assert after == value or after == 0, f"{path.name}: with SMOKE, {name} = {value} was replaced by {after}"

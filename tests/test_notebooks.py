@@ -8,6 +8,8 @@ the committed notebooks, figures and run folders must be left untouched.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -34,6 +36,8 @@ from .helpers import REPO, assert_same_run, tiny_overrides
 
 NOTEBOOKS = list_notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
+# The executed copies are kept here (git-ignored) for the static site: tests/test_site.py renders them.
+EXECUTED_ARTIFACTS = Path(os.environ.get("DOGO_ARTIFACTS") or REPO / "test-artifacts") / "executed"
 
 
 def ci_parameters(root: Path) -> dict:
@@ -76,6 +80,8 @@ def test_notebook_runs_at_smoke_settings(path, tmp_path):
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
     assert _snapshot() == before, "a smoke run changed committed notebooks, figures or runs/nbNN"
+    EXECUTED_ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(written[0], EXECUTED_ARTIFACTS / path.name)
 
 
 @pytest.mark.slow

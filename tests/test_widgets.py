@@ -3,6 +3,8 @@ callback recomputed exactly what ``dogo.losses.similarity_distill`` gives, and r
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -77,7 +79,11 @@ def test_distill_state_rejects_bad_row_and_weight(outputs):
 
 def test_readout_text_format():
     state = distill_state(*[torch.eye(3, dtype=torch.float64)] * 4, temperature=0.5, weight=2.0, ssl=1.5)
-    assert readout_text(state) == "τ = 0.500 | KL(Q‖P) = 0.0000 | w·KL = 0.0000 | SSL = 1.5000 | total = 1.5000"
+    # Rows of cos(e_i, e_j) / 0.5 over 3 orthonormal vectors: one logit 2, two logits 0.
+    p_top = math.exp(2) / (math.exp(2) + 2)
+    entropy = -(p_top * math.log(p_top) + 2 * (1 - p_top) / 2 * math.log((1 - p_top) / 2))
+    assert readout_text(state) == ("τ = 0.500 | KL(Q‖P) = 0.0000 | w·KL = 0.0000 | SSL = 1.5000 | total = 1.5000 | "
+                                   f"H(P) = {entropy:.4f} | H(Q) = {entropy:.4f} | log B = {math.log(3):.4f}")
     assert readout_html(state) == f'<span style="font-family: monospace">{readout_text(state)}</span>'
 
 
@@ -159,3 +165,62 @@ def test_explorer_holds_detached_inputs(outputs):
     explorer.temperature.value = 0.2
     assert not any(t.requires_grad for t in (explorer.own1, explorer.own2, explorer.peer1, explorer.peer2))
     assert all(t.grad is None for t in (own1, own2, peer1, peer2))
+
+
+def test_entropy_is_the_mean_row_entropy(outputs):
+    state = distill_state(*outputs, temperature=0.3, weight=1.0, ssl=0.0)
+    for matrix, value in ((state.P, state.entropy_P), (state.Q, state.entropy_Q)):
+        assert value == pytest.approx(float(-(matrix * np.log(matrix)).sum(axis=1).mean()), rel=1e-12)
+        assert 0 < value < math.log(6)
+
+
+def test_colour_scale_stays_fixed_when_the_temperature_moves(outputs):
+    explorer = DistillExplorer(*outputs, dpi=DPI)
+    limits = [image.get_clim() for image in explorer.drawing.images]
+    assert limits == [(0, 1), (0, 1)]
+    for tau in (0.03, 0.5, 2.0):
+        explorer.temperature.value = tau
+        assert [image.get_clim() for image in explorer.drawing.images] == limits
+
+
+def test_entropy_readout_follows_the_temperature(outputs):
+    explorer = DistillExplorer(*outputs, dpi=DPI)
+    readouts, entropies = [], []
+    for tau in (2.0, 0.5, 0.1, 0.03):
+        explorer.temperature.value = tau
+        readouts.append(explorer.readout.value)
+        entropies.append(explorer.state.entropy_P)
+        assert f"H(P) = {explorer.state.entropy_P:.4f}" in explorer.readout.value
+        assert f"log B = {math.log(6):.4f}" in explorer.readout.value
+    assert len(set(readouts)) == len(readouts)
+    assert entropies == sorted(entropies, reverse=True)  # colder rows are sharper
+
+
+@pytest.fixture(scope="module")
+def trained_explorer():
+    return DistillExplorer.from_published(batch=16, dpi=DPI)
+
+
+def test_explorer_uses_the_published_trained_pair_by_default(trained_explorer):
+    explorer = trained_explorer
+    assert explorer.batch.trained and explorer.source == "published run 'fmnist_quick'"
+    assert explorer.own1.shape[0] == 16 and explorer.batch.labels.tolist() == sorted(explorer.batch.labels.tolist())
+    assert explorer.state.kl == float(similarity_distill(explorer.own1, explorer.own2, explorer.peer1, explorer.peer2,
+                                                         temperature=0.1))
+
+
+def test_entropy_readout_falls_with_the_temperature_on_trained_features(trained_explorer):
+    explorer = trained_explorer
+    entropies = []
+    for tau in (1.0, 0.3, 0.1, 0.03):
+        explorer.temperature.value = tau
+        entropies.append((explorer.state.entropy_P, explorer.state.entropy_Q))
+        assert f"H(Q) = {explorer.state.entropy_Q:.4f}" in explorer.readout.value
+    for (p_warm, q_warm), (p_cold, q_cold) in zip(entropies, entropies[1:]):
+        assert p_cold < p_warm and q_cold < q_warm
+    assert entropies[0][0] > 0.5 * math.log(16) > entropies[-1][0]  # from near uniform to peaked rows
+
+
+def test_explorer_falls_back_to_random_networks_without_the_published_run(tmp_path):
+    explorer = DistillExplorer.from_published(batch=8, directory=tmp_path, dpi=DPI)
+    assert not explorer.batch.trained and explorer.source.startswith("random networks")
