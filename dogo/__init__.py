@@ -16,7 +16,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .config import Config, load_config  # noqa: E402
+from .config import Config, baseline_of, config_differences, load_config, load_config_from  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, DogoError, NonFiniteLossError  # noqa: E402
 from .losses import nt_xent, similarity_distill, simsiam_loss  # noqa: E402
 
@@ -28,6 +28,7 @@ _LAZY = {
     "evaluate_run": "evaluate", "compare_runs": "evaluate",
     "extract_features": "features", "knn_accuracy": "features",
     "cohort_losses": "objective",
+    "load_published": "published",
 }
 
 
@@ -44,7 +45,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Config", "load_config", "nt_xent", "simsiam_loss", "similarity_distill",
+    "Config", "load_config", "load_config_from", "baseline_of", "config_differences",
+    "nt_xent", "simsiam_loss", "similarity_distill",
     "DogoError", "ConfigError", "DataError", "CheckpointError", "NonFiniteLossError",
     *_LAZY,
 ]
