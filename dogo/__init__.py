@@ -4,8 +4,11 @@ in self-supervised learning (SimCLR, SimSiam).
 The curated API, so that a notebook's import cell can be ``import dogo`` plus a few names::
 
     cfg = dogo.load_config("configs/fashion_mnist_quick.yaml")
-    result = dogo.train(cfg)
+    result = dogo.Trainer(cfg).fit()        # or dogo.train_or_reuse(cfg, "runs/mine")
     table = dogo.evaluate_run(result["run_dir"], ["knn", "linear"])
+
+``dogo.train`` is the training module (``dogo.train.train`` its one-call entry point), so that the
+module and a function never share a name.
 
 Names from the heavier modules (training, evaluation, data) are imported on first use.
 """
@@ -22,7 +25,7 @@ from .losses import nt_xent, similarity_distill, simsiam_loss  # noqa: E402
 
 # name -> the module that defines it, imported when the name is first used
 _LAZY = {
-    "Trainer": "train", "train": "train", "resume": "train",
+    "Trainer": "train", "resume": "train",
     "load_dataset": "data", "ImageDataset": "data",
     "load_run": "runs", "train_or_reuse": "runs",
     "evaluate_run": "evaluate", "compare_runs": "evaluate",

@@ -15,9 +15,7 @@ from __future__ import annotations
 import math
 import random
 import signal
-import sys
 import time
-import types
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -522,15 +520,3 @@ def _from_run(cls, run_dir: str | Path, **kwargs) -> Trainer:
 
 
 Trainer.from_run = classmethod(_from_run)
-
-
-class _CallableModule(types.ModuleType):
-    """``dogo.train`` names both this module and its ``train`` function: the package exports the
-    function lazily, but Python binds the submodule to the same attribute once anything imports it.
-    Calling the module calls the function, so ``dogo.train(cfg)`` works either way."""
-
-    def __call__(self, *args, **kwargs) -> dict[str, Any]:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
