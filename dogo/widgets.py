@@ -156,7 +156,8 @@ def explorer_batch(batch: int = 16, seed: int = 0, published: str = "fmnist_quic
     from .config import load_config
     from .data import load_dataset
     from .errors import CheckpointError
-    from .models import build_model, distill_pair
+    from .models import build_model
+    from .objective import distill_pair
     from .published import PUBLISHED_DIR, load_published
     from .quickstart import DEFAULT_CONFIG
 
