@@ -180,7 +180,7 @@ def knn_check(run, bank: int = CHECK_BANK, queries: int = CHECK_QUERIES, k: int 
     for name, model in run.items():
         fb = extract_features(model.backbone, train.images, transform)
         fq = extract_features(model.backbone, test.images, transform)
-        out[name] = knn_accuracy(fb, train.labels, fq, test.labels, train.num_classes, k, temperature)
+        out[name] = knn_accuracy(fb, train.labels, fq, test.labels, train.num_classes, k, temperature)["top1"]
     return out
 
 
