@@ -238,8 +238,10 @@ def comparisons(results: Results) -> list[dict[str, Any]]:
             base, treat = series.get((bc, bp, protocol, setting, metric)), series.get((tc, tp, protocol, setting, metric))
             if base is None or treat is None:
                 continue
+            paired = sorted(set(base) & set(treat))  # the columns show exactly what is differenced
             out.append({"label": pair.label, "protocol": protocol, "setting": setting, "metric": metric,
-                        "baseline": summarize(base.values()), "treatment": summarize(treat.values()),
+                        "baseline": summarize(base[s] for s in paired),
+                        "treatment": summarize(treat[s] for s in paired),
                         "difference": paired_difference(base, treat)})
     return out
 
@@ -254,7 +256,8 @@ def comparisons_table(results: Results) -> str:
     for r in rows:
         d, m = r["difference"], r["metric"]
         ci = "n/a" if d.n < 2 else f"[{_fmt(d.low, m, True)}, {_fmt(d.high, m, True)}]"
-        verdict = "within noise" if d.within_noise else ("better" if d.mean > 0 else "worse")
+        verdict = ("no interval" if d.n < 2 else "within noise" if d.within_noise
+                   else "better" if d.mean > 0 else "worse")
         if d.n < MIN_SEEDS:
             verdict += f"; ⚠ {d.n} seed{'s' if d.n != 1 else ''}: interval not meaningful"
         setting = r["setting"] + ("" if m == "top1" else f" ({m})")

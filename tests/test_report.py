@@ -201,3 +201,15 @@ def test_readme_block_parsing():
         "<!-- report:two -->\n<!-- /report:two -->", "<!-- report:two -->\n| y |\n<!-- /report:two -->")
 
 
+
+
+def test_paired_columns_show_only_the_seeds_both_sides_have(three_seeds):
+    grid, folder, _ = three_seeds
+    for seed in (1, 2):
+        (folder / f"dogo-s{seed}.json").unlink()
+    block = readme_block(load_results(folder, grid))
+    knn = next(line for line in block.splitlines() if line.startswith("| small: DoGo - alone | knn |"))
+    cells = [c.strip() for c in knn.strip("|").split("|")]
+    baseline, treatment, difference = float(cells[3]), float(cells[4]), float(cells[5])
+    assert treatment - baseline == pytest.approx(difference, abs=0.011)  # the same single seed on both sides
+    assert cells[6] == "n/a" and cells[7] == "1" and cells[8].startswith("no interval")
