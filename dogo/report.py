@@ -308,6 +308,26 @@ def format_report(results: Results, figures: list[Path] | None = None) -> str:
 # ============================================================================ figures
 
 
+def series_styles(results: Results) -> dict[tuple[str, str], dict[str, Any]]:
+    """One colour per role, as in every figure of the kit (``viz.ROLE_COLORS``): a peer trained alone,
+    the first peer of a cohort (the student) and the other peers; a second series of the same role is
+    hatched (bars) and dashed (curves)."""
+    from .viz import ROLE_COLORS
+
+    peers_of: dict[str, list[str]] = {}
+    for cell, peer in columns_of(results):
+        peers_of.setdefault(cell, []).append(peer)
+    styles, seen = {}, {}
+    for cell, peer in columns_of(results):
+        peers = peers_of[cell]
+        role = "alone" if len(peers) == 1 else "student" if peer == peers[0] else "peer"
+        again = seen.get(role, 0)
+        seen[role] = again + 1
+        styles[(cell, peer)] = {"color": ROLE_COLORS[role], "hatch": "//" if again else None,
+                                "linestyle": "--" if again else "-"}
+    return styles
+
+
 def plot_bars(results: Results):
     """Headline top-1 per protocol and setting: one bar per (cell, peer), error bars = std over seeds."""
     from matplotlib.figure import Figure
@@ -320,11 +340,13 @@ def plot_bars(results: Results):
     ax = fig.subplots()
     width = 0.8 / max(1, len(columns))
     groups = {k: g["value"].to_numpy() for k, g in table.groupby(KEYS, sort=False)}
+    styles = series_styles(results)
     for i, (c, p) in enumerate(columns):
         stats = [summarize(groups.get((c, p, *row), [])) for row in rows]
         x = np.arange(len(rows)) + (i - (len(columns) - 1) / 2) * width
+        style = styles[(c, p)]
         ax.bar(x, [s.mean for s in stats], width, yerr=[0 if math.isnan(s.std) else s.std for s in stats],
-               capsize=2, label=f"{c}/{p}")
+               capsize=2, label=f"{c}/{p}", color=style["color"], hatch=style["hatch"], edgecolor="white")
     ax.set_xticks(np.arange(len(rows)), [f"{prot}\n{setting}" for prot, setting, _ in rows], fontsize=7)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{results.name}: mean ± std over seeds {', '.join(map(str, results.seeds))}")
@@ -345,6 +367,7 @@ def plot_knn_curves(results: Results):
                     curves.setdefault((r["cell"], peer), {}).setdefault(epoch, []).append(acc)
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
+    styles = series_styles(results)
     for c, p in columns_of(results):
         points = curves.get((c, p))
         if not points:
@@ -353,8 +376,9 @@ def plot_knn_curves(results: Results):
         stats = [summarize(points[e]) for e in epochs]
         mean = np.array([s.mean for s in stats])
         std = np.array([0.0 if math.isnan(s.std) else s.std for s in stats])
-        ax.plot(epochs, mean, marker="o", label=f"{c}/{p}")
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        style = styles[(c, p)]
+        ax.plot(epochs, mean, marker="o", label=f"{c}/{p}", color=style["color"], linestyle=style["linestyle"])
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=style["color"])
     ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title=f"{results.name}: kNN monitor (mean ± std over seeds)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)

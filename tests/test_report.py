@@ -213,3 +213,14 @@ def test_paired_columns_show_only_the_seeds_both_sides_have(three_seeds):
     baseline, treatment, difference = float(cells[3]), float(cells[4]), float(cells[5])
     assert treatment - baseline == pytest.approx(difference, abs=0.011)  # the same single seed on both sides
     assert cells[6] == "n/a" and cells[7] == "1" and cells[8].startswith("no interval")
+
+
+def test_figures_give_each_role_its_colour(three_seeds):
+    from dogo.report import series_styles
+    from dogo.viz import ROLE_COLORS
+
+    grid, folder, _ = three_seeds
+    styles = series_styles(load_results(folder, grid))
+    assert styles[("alone", "small")]["color"] == ROLE_COLORS["alone"]
+    assert styles[("dogo", "small")]["color"] == ROLE_COLORS["student"]
+    assert styles[("dogo", "large")]["color"] == ROLE_COLORS["peer"]
