@@ -272,7 +272,7 @@ def test_parallel_workers_share_the_grid_without_running_a_cell_twice(tmp_path):
     ({"eval": {"protocols": ["knn", "lineare"]}},
      "eval.protocols: unknown protocol 'lineare' (did you mean 'linear'?)"),
     ({"eval": {"tnse_points": 10}}, "eval.tnse_points: unknown key (did you mean 'tsne_points'?)"),
-    ({"eval": {"corruption_limit": 10, "tsne_points": 3}}, "eval.tsne_points: need at least 10, got 3"),
+    ({"eval": {"corruption_limit": 10, "tsne_points": 3}}, "eval.tsne_points: must be >= 10, got 3"),
     ({"eval": {"limit": "many"}}, "eval.limit: expected an integer or null, got 'many'"),
     ({"eval": {"device": "cpu"}}, "eval.device: set by the grid runner, not by the grid file"),
     ({"compare": [{"baseline": "alone/large", "treatment": "dogo/small"}]},
