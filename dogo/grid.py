@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -391,32 +390,6 @@ class CellLock:
             self.fd = None
 
 
-def device_name(device: Any) -> str:
-    """The CUDA device's name, or the CPU model."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import sklearn
-    import torch
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "sklearn": sklearn.__version__}
-
-
 def _round(value: Any, digits: int = 6) -> Any:
     if isinstance(value, float):
         return None if math.isnan(value) else float(f"{value:.{digits}g}")
@@ -455,7 +428,7 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
 
     Returns the result path, or None when training was interrupted (its checkpoint stays for later)."""
     from .evaluate import clear_cache, evaluate_run
-    from .runlog import atomic_write_bytes, git_commit, read_metrics
+    from .runlog import atomic_write_bytes, device_name, git_commit, library_versions, read_metrics
     from .runs import train_or_reuse
     from .train import resolve_device
 
@@ -500,7 +473,7 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
                     "eval": round(eval_s, 2), "total": round(train_s + eval_s, 2)},
         "training_status": trained.get("status"),
         "device": device_name(resolve_device(cfg.device)),
-        "versions": _versions(),
+        "versions": library_versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()

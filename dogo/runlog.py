@@ -170,19 +170,37 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def environment_record(device: torch.device) -> dict[str, Any]:
+def library_versions() -> dict[str, str]:
+    """Python and the libraries whose versions can change a run's numbers."""
     import numpy
+    import sklearn
     import torchvision
 
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "sklearn": sklearn.__version__}
+
+
+def device_name(device: torch.device | str) -> str:
+    """The CUDA device's name, or the CPU model."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_record(device: torch.device) -> dict[str, Any]:
     from . import __version__
 
     info: dict[str, Any] = {
         "dogo": __version__,
         "git_commit": git_commit(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
+        **library_versions(),
         "platform": platform.platform(),
         "device": str(device),
         "threads": torch.get_num_threads(),
