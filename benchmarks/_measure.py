@@ -75,26 +75,17 @@ def available_memory_bytes() -> int | None:
     return None if kib is None else kib * 1024
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_description(device: str = "cpu") -> dict:
     """Date, CPU, cores, memory, versions and the GPU (if ``device`` is CUDA) of this run."""
     import torch
     import torchvision
 
+    from dogo.runlog import device_name
+
     total_kib = _proc_value_kib("/proc/meminfo", "MemTotal")
     info = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
+        "cpu": device_name("cpu"),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": None if total_kib is None else round(total_kib / 2**20, 1),

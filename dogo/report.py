@@ -404,8 +404,7 @@ def tsne_panels(results: Results) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def write_figures(results: Results, directory: str | Path) -> list[Path]:
     """``NAME_bars.png``, ``NAME_knn_curves.png`` and, when t-SNE was stored, ``NAME_tsne.png``."""
-    from .evaluate import draw_embeddings
-    from .viz import save_figure
+    from .viz import draw_embeddings, save_figure
 
     if not results.records:
         return []
