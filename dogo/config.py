@@ -93,8 +93,11 @@ class TrainConfig:
     # B and running statistics updated twice per step, as the authors' code does).
     bn_views: Literal["joint", "per_view"] = "joint"
     channels_last: bool = True
-    compile: bool = False  # torch.compile each peer's model
+    compile: bool = False  # torch.compile (see compile_scope)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
+    # What one compiled graph holds: "model" (each peer's forward on its own) or "step" (every peer's
+    # forward and the cohort's losses, so the backward is one graph too; augmentation stays eager).
+    compile_scope: Literal["model", "step"] = "model"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"  # auto: one fused kernel per step on CUDA
     sync_batchnorm: bool = False
     checkpoint_every: int = field(default=1, metadata=validate(ge=1))  # epochs
@@ -358,6 +361,9 @@ def baseline_of(cfg: Config) -> Config:
 
 NOT_AFFECTING_RESULTS = ("name", "device", "output_dir", "data.root", "data.download", "train.progress",
                          "train.log_every", "train.checkpoint_every", "train.checkpoint_every_steps")
+# Settings added after results were recorded, with the value that reproduces the earlier behaviour: a
+# config hash leaves them out at that value, so adding a setting does not make every result stale.
+ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model"}
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

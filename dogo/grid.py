@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .config import NOT_AFFECTING_RESULTS, Config, build_validated, flatten, load_config
+from .config import ADDED_SETTINGS_DEFAULTS, NOT_AFFECTING_RESULTS, Config, build_validated, flatten, load_config
 from .errors import ConfigError, DogoError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,10 +217,15 @@ def load_grid(path: str | Path | None = None, data: dict[str, Any] | None = None
 # ============================================================================ result identity
 
 
+_NO_DEFAULT = object()
+
+
 def config_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the flattened resolved config, without
-    the settings in ``NOT_AFFECTING_RESULTS`` (name, device, output folder, logging ...)."""
-    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NOT_AFFECTING_RESULTS}
+    the settings in ``NOT_AFFECTING_RESULTS`` (name, device, output folder, logging ...) and without
+    settings added later while they keep their earlier behaviour (``ADDED_SETTINGS_DEFAULTS``)."""
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items()
+            if k not in NOT_AFFECTING_RESULTS and ADDED_SETTINGS_DEFAULTS.get(k, _NO_DEFAULT) != v}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -165,6 +165,12 @@ class Trainer:
 
         self.peers = [self._build_peer(p) for p in cfg.peers]
         self.amp_dtype = self._amp_dtype()
+        self.forward_losses = self._forward_losses
+        if cfg.train.compile and cfg.train.compile_scope == "step":
+            if self.distributed:
+                raise ConfigError("train.compile_scope: 'step' holds the cross-process gather, which one graph "
+                                  "cannot; use 'model' under torchrun")
+            self.forward_losses = torch.compile(self._forward_losses, mode=cfg.train.compile_mode)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * dist_utils.rank())
         self.order_generator = torch.Generator().manual_seed(cfg.seed)
@@ -207,7 +213,7 @@ class Trainer:
         augment = view_augment_for(p.objective, self.cfg.data.image_size, self.train_data.mean,
                                    self.train_data.std, self.cfg.augment)
         module = dist_utils.wrap(model, self.device, t.sync_batchnorm) if self.distributed else model
-        if t.compile:
+        if t.compile and t.compile_scope == "model":
             module = torch.compile(module, mode=t.compile_mode)
         return Peer(p.name, model, optimizer, scheduler, augment, p.distill_weight, module)
 
@@ -230,6 +236,12 @@ class Trainer:
                 views.append(views[0])
             else:
                 views.append((peer.augment(images, self.generator), peer.augment(images, self.generator)))
+        # Augmentation draws from a torch.Generator, which a compiled graph cannot hold: it stays eager.
+        return self.forward_losses(views)
+
+    def _forward_losses(self, views: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """Every peer's forward on its two views, then the cohort's losses (compiled as one graph
+        with ``train.compile_scope: step``)."""
         outputs = []
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):

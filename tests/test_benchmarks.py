@@ -142,6 +142,27 @@ def test_bench_levers_times_each_lever_against_eager_and_checks_its_numerics(tmp
 
 
 @pytest.mark.slow
+def test_bench_levers_keeps_the_rows_measured_before_it_is_stopped(tmp_path, monkeypatch):
+    import json
+
+    class StoppedAtSecondLever(bench_levers.Trainer):
+        built = 0
+
+        def __init__(self, *args, **kwargs):
+            type(self).built += 1
+            if type(self).built == 2:  # as a time limit's kill would, mid-benchmark
+                raise KeyboardInterrupt
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bench_levers, "Trainer", StoppedAtSecondLever)
+    out = tmp_path / "levers.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench_levers.main(["--case", "cpu", "--levers", "eager_fp32", "fused_adam", "--images", "512",
+                           "--warmup", "0", "--steps", "1", "--out", str(out)])
+    assert [r["lever"] for r in json.loads(out.read_text())["throughput"]] == ["eager_fp32"]
+
+
+@pytest.mark.slow
 def test_bench_train_cpu_case_runs_both_sides_on_tiny_settings(tmp_path):
     data = write_fashion_mnist(tmp_path / "fmnist", n_train=256, n_test=4)
     out = tmp_path / "train.json"
