@@ -21,6 +21,9 @@ A result is *current* when its config hash, ``NUMERICS_VERSION`` and evaluation 
 grid file's; otherwise it is *stale*: listed, never mixed into a table, re-run only with
 ``--rerun-stale``. One lock file per (cell, seed), held with ``fcntl.flock`` while it runs, keeps two
 processes off the same cell; the kernel releases it when a process dies, so a kill leaves nothing stuck.
+
+``--adopt DIR`` copies another grid's results that are the same experiments (config hash, seed and
+evaluation settings), e.g. an ablation grid's baseline cells from the main study.
 """
 
 from __future__ import annotations
@@ -487,6 +490,43 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
     return path
 
 
+# ============================================================================ results shared between grids
+
+
+def adopt_results(grid: Grid, results_dir: str | Path, source_dir: str | Path, *, dry_run: bool = False,
+                  say=print) -> list[str]:
+    """Copy into ``results_dir`` every result of ``source_dir`` (another grid's results) that is the same
+    experiment as one of this grid's (cell, seed) without a result: the same config hash and seed, and
+    current for this grid (evaluation settings, numerics). The copy names this grid and cell and records
+    where it came from (``adopted_from``). Returns the adopted keys (with ``dry_run``: those it would)."""
+    from .runlog import atomic_write_bytes
+
+    results_dir, source_dir = Path(results_dir), Path(source_dir)
+    if not source_dir.is_dir():
+        raise ConfigError(f"--adopt: {source_dir} is not a folder of grid results")
+    if source_dir.resolve() == results_dir.resolve():
+        return []
+    sources = [(path, read_result(path)) for path in sorted(source_dir.glob("*.json"))]
+    adopted = []
+    for job in plan(grid, results_dir):
+        if job.status != "pending":
+            continue
+        match = next((path for path, record in sources if record and record.get("seed") == job.seed
+                      and record.get("config_hash") == job.config_hash and not stale_reasons(record, grid, job.config_hash)),
+                     None)
+        if match is None:
+            continue
+        record = dict(read_result(match))
+        record["adopted_from"] = {"grid": record.get("grid"), "cell": record.get("cell"), "file": match.name}
+        record["grid"], record["cell"] = grid.name, job.cell
+        if not dry_run:
+            data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+            atomic_write_bytes(results_dir / f"{job.key}.json", lambda f: f.write(data))
+        say(f"{'would adopt' if dry_run else 'adopted'} {job.key} from {match}")
+        adopted.append(job.key)
+    return adopted
+
+
 # ============================================================================ the loop
 
 
@@ -571,6 +611,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "estimate: give the cell an estimate_s)")
     parser.add_argument("--only", default=None, metavar="PATTERN", help="cells or CELL-sSEED matching this glob")
     parser.add_argument("--rerun-stale", action="store_true", help="also re-run stale results")
+    parser.add_argument("--adopt", action="append", default=[], metavar="DIR",
+                        help="first copy the results of another grid (DIR) that are the same experiment as a "
+                             "(cell, seed) of this one: same config hash, seed and evaluation settings")
     parser.add_argument("--progress", action="store_true", help="progress bars and evaluation messages")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=_command)
@@ -585,6 +628,8 @@ def _command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--time-budget: must be >= 0, got {args.time_budget}")
     results = Path(args.results) if args.results else default_results_dir(grid)
     runs = Path(args.runs) if args.runs else default_runs_dir(grid)
+    for source in args.adopt:
+        adopt_results(grid, results, source, dry_run=args.dry_run)
     if args.dry_run:
         print(f"grid {grid.name}: results {results}, runs {runs}")
         print(format_plan(plan(grid, results, shard=shard, only=args.only)))
@@ -625,5 +670,5 @@ def _command(args: argparse.Namespace) -> int:
     return max(codes)
 
 
-__all__ = ["load_grid", "Grid", "plan", "run_grid", "run_cell", "config_hash", "read_result", "stale_reasons",
+__all__ = ["load_grid", "Grid", "plan", "run_grid", "run_cell", "adopt_results", "config_hash", "read_result", "stale_reasons",
            "NUMERICS_VERSION", "SCHEMA_VERSION"]

@@ -23,7 +23,8 @@ import dogo
 import dogo.grid
 from dogo.cli import main
 from dogo.errors import ConfigError
-from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid, plan, run_grid
+from dogo.grid import (NUMERICS_VERSION, REPO, SCHEMA_VERSION, adopt_results, config_hash, load_grid, plan,
+                       run_grid)
 from dogo.shift import DEFAULT_LADDER
 
 from .helpers import run_cli
@@ -115,6 +116,41 @@ def test_second_invocation_runs_nothing(finished, tmp_path):
     assert run_grid(grid, results, runs)["ran"] == []
     assert {p.name: p.read_bytes() for p in results.glob("*.json")} == before
     assert [j.status for j in plan(grid, results)] == ["done"] * 4
+
+
+def test_adopt_copies_the_same_experiments_of_another_grid_and_nothing_else(finished, tmp_path, capsys):
+    _, root, _ = finished
+    data = tiny_grid_data(name="ablation")
+    # "baseline" is the tiny grid's "alone" under another name; "wider" is a new experiment.
+    data["cells"] = [dict(data["cells"][0], name="baseline"),
+                     dict(data["cells"][1], name="wider", overrides=[*TINY, "peers=[{name: small, width: 4}, "
+                                                                             "{name: large, width: 16}]"]),
+                     data["cells"][1]]
+    data["compare"] = [{"baseline": "baseline/small", "treatment": "wider/small"}]
+    grid_file = write_grid(tmp_path / "ablation.yaml", data)
+    results = tmp_path / "ablation-results"
+    assert main(["grid", str(grid_file), "--results", str(results), "--adopt", str(root / "results"),
+                 "--dry-run"]) == 0
+    assert "would adopt baseline-s0" in capsys.readouterr().out and not results.exists()
+
+    grid = load_grid(grid_file)
+    adopted = adopt_results(grid, results, root / "results", say=lambda m: None)
+    assert sorted(adopted) == ["baseline-s0", "baseline-s1", "dogo-s0", "dogo-s1"]
+    states = {j.key: j.status for j in plan(grid, results)}
+    assert states == {"baseline-s0": "done", "baseline-s1": "done", "wider-s0": "pending", "wider-s1": "pending",
+                      "dogo-s0": "done", "dogo-s1": "done"}
+    copy = json.loads((results / "baseline-s1.json").read_text())
+    original = json.loads((root / "results" / "alone-s1.json").read_text())
+    assert copy["adopted_from"] == {"grid": "tiny", "cell": "alone", "file": "alone-s1.json"}
+    assert copy["grid"] == "ablation" and copy["cell"] == "baseline"
+    assert copy["rows"] == original["rows"] and copy["config_hash"] == original["config_hash"]
+    assert adopt_results(grid, results, root / "results", say=lambda m: None) == []  # already there
+
+    # Other evaluation settings: not the same experiment, nothing adopted.
+    other = load_grid(data=dict(data, eval=dict(data["eval"], limit=50)))
+    assert adopt_results(other, tmp_path / "other", root / "results", say=lambda m: None) == []
+    with pytest.raises(ConfigError, match="--adopt"):
+        adopt_results(grid, results, tmp_path / "missing")
 
 
 def test_changed_settings_make_results_stale_and_only_rerun_stale_reruns_them(finished, tmp_path):
