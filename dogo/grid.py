@@ -521,7 +521,7 @@ def adopt_results(grid: Grid, results_dir: str | Path, source_dir: str | Path, *
         record["grid"], record["cell"] = grid.name, job.cell
         if not dry_run:
             data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
-            atomic_write_bytes(results_dir / f"{job.key}.json", lambda f: f.write(data))
+            atomic_write_bytes(results_dir / f"{job.key}.json", lambda f, data=data: f.write(data))
         say(f"{'would adopt' if dry_run else 'adopted'} {job.key} from {match}")
         adopted.append(job.key)
     return adopted
@@ -670,5 +670,5 @@ def _command(args: argparse.Namespace) -> int:
     return max(codes)
 
 
-__all__ = ["load_grid", "Grid", "plan", "run_grid", "run_cell", "adopt_results", "config_hash", "read_result", "stale_reasons",
-           "NUMERICS_VERSION", "SCHEMA_VERSION"]
+__all__ = ["load_grid", "Grid", "plan", "run_grid", "run_cell", "adopt_results", "config_hash", "read_result",
+           "stale_reasons", "NUMERICS_VERSION", "SCHEMA_VERSION"]

@@ -275,6 +275,15 @@ def seed_warning(results: Results) -> str | None:
     return None
 
 
+def missing_runs(results: Results) -> dict[str, list[int]]:
+    """The grid's (cell, seeds) without a current result, in the grid's order."""
+    if results.grid is None:
+        return {}
+    have = {(r["cell"], r["seed"]) for r in results.records}
+    missing = {c.name: [s for s in results.grid.spec.seeds if (c.name, s) not in have] for c in results.grid.spec.cells}
+    return {cell: seeds for cell, seeds in missing.items() if seeds}
+
+
 def readme_block(results: Results) -> str:
     """What goes between the README's ``<!-- report:NAME -->`` markers: the headline tables."""
     parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))} "
@@ -282,6 +291,11 @@ def readme_block(results: Results) -> str:
     warning = seed_warning(results)
     if warning:
         parts.append(warning)
+    missing = missing_runs(results)
+    if missing:
+        parts.append("Not run yet (no row or comparison for them): " + ", ".join(
+            f"{cell} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" for cell, seeds in missing.items())
+            + ".")
     parts += [means_table(results), "Paired differences (treatment - baseline, same seeds):", comparisons_table(results)]
     return "\n\n".join(parts)
 
@@ -294,6 +308,11 @@ def format_report(results: Results, figures: list[Path] | None = None) -> str:
     parts = [f"# Report: {results.name}", readme_block(results)]
     details = [f"- devices: {', '.join(devices) or 'none'}", f"- code: {'; '.join(versions) or 'none'}",
                f"- corruption ladder: {', '.join(ladder) or 'none'}"]
+    adopted = sorted({r["adopted_from"].get("grid") for r in results.records if r.get("adopted_from")})
+    for source in adopted:
+        keys = [result_name(r["cell"], r["seed"]) for r in results.records
+                if (r.get("adopted_from") or {}).get("grid") == source]
+        details.append(f"- adopted from grid `{source}` (the same experiments): {', '.join(keys)}")
     if results.grid is None:
         details.append("- no grid file found: staleness checked against this code's versions only, no comparisons")
     parts.append("## Provenance\n\n" + "\n".join(details))

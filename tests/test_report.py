@@ -11,7 +11,9 @@ from dogo.cli import main
 from dogo.errors import DogoError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
 from dogo.report import (
+    format_report,
     load_results,
+    missing_runs,
     paired_difference,
     readme_block,
     readme_blocks,
@@ -120,6 +122,21 @@ def test_report_tables_from_result_files(three_seeds):
     limited = next(line for line in lines if line.startswith("| small: DoGo - alone | limited |"))
     assert limited.endswith(f"| +1.50 | [{1.5 - 0.5 * half:+.2f}, {1.5 + 0.5 * half:+.2f}] | 3 | better |")
     assert "val_top1" not in block and "99" not in block
+
+
+def test_report_names_the_runs_not_done_yet_and_adopted_results(three_seeds):
+    grid, folder, _ = three_seeds
+    (folder / "dogo-s1.json").unlink()
+    (folder / "dogo-s2.json").unlink()
+    record = json.loads((folder / "alone-s2.json").read_text())
+    record["adopted_from"] = {"grid": "main_study", "cell": "baseline", "file": "baseline-s2.json"}
+    (folder / "alone-s2.json").write_text(json.dumps(record))
+    results = load_results(folder, grid)
+    assert missing_runs(results) == {"dogo": [1, 2]}
+    assert "Not run yet (no row or comparison for them): dogo (seeds 1, 2)." in readme_block(results).splitlines()
+    assert "- adopted from grid `main_study` (the same experiments): alone-s2" in format_report(results).splitlines()
+    (folder / "dogo-s1.json").write_text(json.dumps(fake_record(grid, "dogo", 1, {"small": 1.0}, {"small": (1.0, 1.0)})))
+    assert "dogo (seed 2)." in readme_block(load_results(folder, grid))
 
 
 def test_changed_grid_makes_results_stale_in_the_report(three_seeds):
