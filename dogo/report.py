@@ -437,6 +437,46 @@ def write_figures(results: Results, directory: str | Path) -> list[Path]:
     return written
 
 
+# ============================================================================ a re-run against the committed results
+
+
+def rerun_table(rerun: Results, reference: Results) -> str:
+    """Markdown: every headline number of the (cell, seed) pairs both folders hold, the reference's value,
+    the re-run's and their difference, beside the reference's seed-to-seed standard deviation of that
+    row (the scale a re-run on another machine should stay well within)."""
+    a, b = main_rows(reference.table), main_rows(rerun.table)
+    hashes = {(r["cell"], r["seed"]): r["config_hash"] for r in reference.records}
+    both = [(r["cell"], r["seed"]) for r in rerun.records if (r["cell"], r["seed"]) in hashes]
+    if not both:
+        return "(no (cell, seed) in both folders)"
+    differing = [f"{c}-s{s}" for c, s in both
+                 if next(r for r in rerun.records if (r["cell"], r["seed"]) == (c, s))["config_hash"] != hashes[(c, s)]]
+    key = [*KEYS, "seed"]
+    merged = a.merge(b, on=key, suffixes=("_reference", "_rerun"))
+    merged = merged[[(c, s) in set(both) for c, s in zip(merged["cell"], merged["seed"])]]
+    spread = {k: g["value"].std(ddof=1) for k, g in a.groupby(KEYS, sort=False)}
+    lines = ["| run | peer | protocol | setting | reference | re-run | difference | reference seed std |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    worst = None
+    for row in merged.itertuples(index=False):
+        m = row.metric
+        diff = row.value_rerun - row.value_reference
+        std = spread.get((row.cell, row.peer, row.protocol, row.setting, m), float("nan"))
+        setting = row.setting + ("" if m == "top1" else f" ({m})")
+        lines.append(f"| {result_name(row.cell, row.seed)} | {row.peer} | {row.protocol} | {setting} | "
+                     f"{_fmt(row.value_reference, m)} | {_fmt(row.value_rerun, m)} | {_fmt(diff, m, True)} | "
+                     f"{_fmt(std, m)} |")
+        if m == "top1" and (worst is None or abs(diff) > abs(worst[0])):
+            worst = (diff, f"{result_name(row.cell, row.seed)} {row.peer} {row.protocol} {row.setting}", std)
+    head = [f"{len(both)} run(s) in both folders: {', '.join(result_name(c, s) for c, s in both)}."]
+    if differing:
+        head.append(f"⚠ different config hash (not the same experiment): {', '.join(differing)}.")
+    if worst is not None:
+        head.append(f"Largest top-1 difference: {worst[0]:+.2f} points ({worst[1]}); the reference's seed-to-seed "
+                    f"std of that row is {_fmt(worst[2], 'top1')}.")
+    return "\n\n".join([" ".join(head), "\n".join(lines)])
+
+
 # ============================================================================ README block
 
 
@@ -488,18 +528,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", metavar="RESULTS_DIR", help="a grid's result folder, e.g. results/NAME")
     parser.add_argument("--grid", default=None, metavar="GRID.yaml",
                         help="the grid file (default configs/grids/NAME.yaml): decides what is stale and the comparisons")
-    parser.add_argument("--figures", default="figures", metavar="DIR", help="where NAME_*.png go (default figures/)")
+    parser.add_argument("--figures", default=None, metavar="DIR",
+                        help="where NAME_*.png go (default figures/; with --against, none unless given)")
     parser.add_argument("--no-figures", action="store_true", help="write no figures")
     parser.add_argument("--readme", default=None, metavar="README.md",
                         help="rewrite the block between <!-- report:NAME --> and <!-- /report:NAME --> in place")
+    parser.add_argument("--against", default=None, metavar="REFERENCE_DIR",
+                        help="also compare every (cell, seed) found in both folders with the reference's numbers, "
+                             "e.g. a re-run of committed cells against results/NAME")
     parser.set_defaults(func=_command)
 
 
 def _command(args: argparse.Namespace) -> int:
-    _, text = write_report(args.results, args.grid, None if args.no_figures else args.figures, args.readme)
+    figures = args.figures or (None if args.against else "figures")
+    results, text = write_report(args.results, args.grid, None if args.no_figures else figures, args.readme)
     print(text)
+    if args.against:
+        reference = load_results(args.against, results.grid)
+        print(f"## Against {args.against}\n\n" + rerun_table(results, reference))
     return 0
 
 
 __all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
-           "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block"]
+           "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table"]

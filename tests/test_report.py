@@ -18,6 +18,7 @@ from dogo.report import (
     readme_block,
     readme_blocks,
     replace_readme_block,
+    rerun_table,
     summarize,
     write_report,
 )
@@ -137,6 +138,28 @@ def test_report_names_the_runs_not_done_yet_and_adopted_results(three_seeds):
     assert "- adopted from grid `main_study` (the same experiments): alone-s2" in format_report(results).splitlines()
     (folder / "dogo-s1.json").write_text(json.dumps(fake_record(grid, "dogo", 1, {"small": 1.0}, {"small": (1.0, 1.0)})))
     assert "dogo (seed 2)." in readme_block(load_results(folder, grid))
+
+
+def test_a_rerun_is_compared_with_the_reference_numbers(three_seeds, tmp_path, monkeypatch, capsys):
+    grid, folder, grid_file = three_seeds
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    record = json.loads((folder / "alone-s1.json").read_text())
+    record["rows"] = [row[:6] + [53.5 if row[1] == "knn" else row[6]] + row[7:] for row in record["rows"]]
+    (rerun / "alone-s1.json").write_text(json.dumps(record))
+    text = rerun_table(load_results(rerun, grid), load_results(folder, grid))
+    lines = text.splitlines()
+    # The reference's alone/small kNN over seeds is (50, 52, 54): std 2.
+    assert lines[0] == ("1 run(s) in both folders: alone-s1. Largest top-1 difference: +1.50 points "
+                        "(alone-s1 small knn k=200 T=0.1); the reference's seed-to-seed std of that row is 2.00.")
+    assert "| alone-s1 | small | knn | k=200 T=0.1 | 52.00 | 53.50 | +1.50 | 2.00 |" in lines
+    assert "| alone-s1 | small | limited | 10% labels | 41.00 | 41.00 | +0.00 | 0.00 |" in lines
+    assert not any(line.startswith("| dogo") for line in lines)
+
+    monkeypatch.chdir(tmp_path)  # the re-run's report draws no figures over the reference's
+    assert main(["report", str(rerun), "--grid", str(grid_file), "--against", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"## Against {folder}" in out and "+1.50 points" in out and not (tmp_path / "figures").exists()
 
 
 def test_changed_grid_makes_results_stale_in_the_report(three_seeds):
