@@ -12,7 +12,10 @@
 # report.log, results.tar.gz (the device returns at most 8).
 # Dry run of the plumbing on a CPU (tiny CNNs instead of ResNets, one seed, a minute):
 #   GPU_STUDY_TINY=1 OUT=/tmp/gpu-study bash benchmarks/gpu_study.sh
-# Settings: OUT, PYTHON, TIME_BUDGET (seconds, default 500), PARALLEL (default 3), RUNS (run folders).
+# Settings: OUT, PYTHON, TIME_BUDGET (seconds, default 500), PARALLEL (default 3), RUNS (run folders),
+# SPEED: speed-only settings for every cell, chosen from what gpu_check.sh measured, e.g.
+#   SPEED="train.compile=true train.compile_scope=step train.compile_mode=reduce-overhead"
+# (the same experiments: results keep their config hash; see `dogo grid --help`).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dogo-gpu-study}
@@ -20,6 +23,8 @@ PY=${PYTHON:-python}
 BUDGET=${TIME_BUDGET:-500}
 PARALLEL=${PARALLEL:-3}
 RUNS=${RUNS:-/tmp/dogo-gpu-study-runs}
+SPEED_ARGS=()
+[ -n "${SPEED:-}" ] && read -r -a SPEED_ARGS <<< "--speed $SPEED"
 mkdir -p "$OUT"
 # Installed packages win; the carried pure-Python copies only fill gaps.
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}:$(pwd)/data/pydeps"
@@ -44,11 +49,11 @@ fi
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-"$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" --dry-run | tee "$OUT/plan_before.txt"
+"$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" "${SPEED_ARGS[@]}" --dry-run | tee "$OUT/plan_before.txt"
 # The time budget keeps the grid from starting a cell that would not finish; the outer limit is a
 # safety net only (a killed cell leaves its checkpoint, not a result).
 timeout $((BUDGET + 60)) "$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" --parallel "$PARALLEL" \
-  --time-budget "$BUDGET" > "$OUT/grid.log" 2>&1
+  --time-budget "$BUDGET" "${SPEED_ARGS[@]}" > "$OUT/grid.log" 2>&1
 rc=$?
 tail -n 40 "$OUT/grid.log"
 echo "grid exit status $rc"

@@ -361,6 +361,11 @@ def baseline_of(cfg: Config) -> Config:
 
 NOT_AFFECTING_RESULTS = ("name", "device", "output_dir", "data.root", "data.download", "train.progress",
                          "train.log_every", "train.checkpoint_every", "train.checkpoint_every_steps")
+# Settings that change how fast a run goes but not what it computes, beyond float rounding (bounded by
+# tests/test_compile.py): a config hash counts them at their defaults, so a grid can switch them on
+# (`dogo grid --speed`) without its results becoming other experiments. The device is such a setting too.
+SPEED_ONLY = ("train.compile", "train.compile_mode", "train.compile_scope", "train.fused_optimizer",
+              "train.channels_last")
 # Settings added after results were recorded, with the value that reproduces the earlier behaviour: a
 # config hash leaves them out at that value, so adding a setting does not make every result stale.
 ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model"}

@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .config import ADDED_SETTINGS_DEFAULTS, NOT_AFFECTING_RESULTS, Config, build_validated, flatten, load_config
+from .config import ADDED_SETTINGS_DEFAULTS, NOT_AFFECTING_RESULTS, SPEED_ONLY, Config, build_validated, flatten, load_config
 from .errors import ConfigError, DogoError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +100,7 @@ class Grid:
     path: Path | None
     eval_kwargs: dict[str, Any]  # passed to evaluate_run
     eval_settings: dict[str, Any]  # what a result records and must match (every setting, defaults filled)
+    speed: list[str] = field(default_factory=list)  # speed-only overrides applied to every cell (--speed)
 
     @property
     def name(self) -> str:
@@ -111,7 +112,20 @@ class Grid:
     def config(self, cell: str | CellSpec, seed: int) -> Config:
         spec = self.cell(cell) if isinstance(cell, str) else cell
         path = Path(spec.config)
-        return load_config(path if path.is_absolute() else REPO / path, [*spec.overrides, f"seed={seed}"])
+        return load_config(path if path.is_absolute() else REPO / path, [*spec.overrides, *self.speed, f"seed={seed}"])
+
+    def with_speed(self, settings: list[str]) -> Grid:
+        """This grid with speed-only overrides (``train.compile=true`` ...) on every cell: the same
+        experiments, run faster; any other key is refused."""
+        for item in settings:
+            key = item.partition("=")[0].strip()
+            if "=" not in item or key not in SPEED_ONLY:
+                raise ConfigError(f"--speed: {item!r} is not KEY=VALUE with a speed-only key; those are "
+                                  f"{', '.join(SPEED_ONLY)} (other settings make other experiments: edit the grid file)")
+        grid = dataclasses.replace(self, speed=[*self.speed, *settings])
+        for cell in grid.spec.cells:  # a wrong value fails now, not in the middle of the grid
+            grid.config(cell, grid.spec.seeds[0])
+        return grid
 
     def jobs(self) -> list[tuple[str, int]]:
         """Every (cell, seed), seed by seed, so that the first seeds of all cells finish first."""
@@ -227,7 +241,9 @@ def config_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the flattened resolved config, without
     the settings in ``NOT_AFFECTING_RESULTS`` (name, device, output folder, logging ...) and without
     settings added later while they keep their earlier behaviour (``ADDED_SETTINGS_DEFAULTS``)."""
-    flat = {k: v for k, v in flatten(cfg.to_dict()).items()
+    defaults = flatten(Config().to_dict())
+    flat = {k: defaults[k] if k in SPEED_ONLY else v for k, v in flatten(cfg.to_dict()).items()}
+    flat = {k: v for k, v in flat.items()
             if k not in NOT_AFFECTING_RESULTS and ADDED_SETTINGS_DEFAULTS.get(k, _NO_DEFAULT) != v}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -611,6 +627,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "estimate: give the cell an estimate_s)")
     parser.add_argument("--only", default=None, metavar="PATTERN", help="cells or CELL-sSEED matching this glob")
     parser.add_argument("--rerun-stale", action="store_true", help="also re-run stale results")
+    parser.add_argument("--speed", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="speed-only settings for every cell (" + ", ".join(SPEED_ONLY) + "): the same "
+                             "experiments, so results keep their config hash")
     parser.add_argument("--adopt", action="append", default=[], metavar="DIR",
                         help="first copy the results of another grid (DIR) that are the same experiment as a "
                              "(cell, seed) of this one: same config hash, seed and evaluation settings")
@@ -621,6 +640,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _command(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
+    if args.speed:
+        grid = grid.with_speed(args.speed)
     shard = _parse_shard(args.shard)
     if args.parallel < 1:
         raise ConfigError(f"--parallel: must be >= 1, got {args.parallel}")
@@ -643,6 +664,8 @@ def _command(args: argparse.Namespace) -> int:
     if not args.worker:
         print(f"grid {grid.name}: results {results}, runs {runs}; "
               + format_plan(plan(grid, results, shard=shard, only=args.only)).splitlines()[-1], flush=True)
+        if grid.speed:
+            print(f"speed settings for every cell: {' '.join(grid.speed)}", flush=True)
     if args.parallel == 1:
         outcome = run_grid(grid, results, runs, shard=shard, only=args.only, rerun_stale=args.rerun_stale,
                            time_budget=args.time_budget, progress=args.progress,
@@ -658,6 +681,7 @@ def _command(args: argparse.Namespace) -> int:
         if value is not None:
             argv += [flag, str(value)]
     argv += ["--rerun-stale"] * args.rerun_stale + ["--progress"] * args.progress
+    argv += ["--speed", *args.speed] if args.speed else []
     # The workers share the CPU cores (their probes run there even when training runs on a GPU).
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))

@@ -152,6 +152,40 @@ def test_adopt_copies_the_same_experiments_of_another_grid_and_nothing_else(fini
         adopt_results(grid, results, tmp_path / "missing")
 
 
+def test_speed_settings_keep_the_experiment_and_reach_every_worker(finished, tmp_path, monkeypatch, capsys):
+    grid, root, _ = finished
+    fast = grid.with_speed(["train.compile=true", "train.compile_scope=step", "train.fused_optimizer=on",
+                            "train.channels_last=false"])
+    cfg = fast.config("dogo", 1)
+    assert (cfg.train.compile, cfg.train.compile_scope, cfg.train.fused_optimizer) == (True, "step", "on")
+    assert config_hash(cfg) == config_hash(grid.config("dogo", 1))
+    assert [j.status for j in plan(fast, root / "results")] == ["done"] * 4  # the same experiments
+    # Not speed-only: another experiment, refused with the list of what is allowed.
+    assert config_hash(grid.config("dogo", 1)) != config_hash(load_grid(data=tiny_grid_data(
+        cells=[dict(c, overrides=[*c["overrides"], "train.amp=bf16"]) for c in tiny_grid_data()["cells"]])).config("dogo", 1))
+    with pytest.raises(ConfigError, match=r"^--speed: 'train.amp=bf16' is not KEY=VALUE with a speed-only key"):
+        grid.with_speed(["train.amp=bf16"])
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        grid.with_speed(["train.compile_mode=fastest"])
+
+    started = []
+
+    class FakeWorker:
+        def __init__(self, argv, env):
+            started.append(argv)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(dogo.grid.subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(dogo.grid.time, "sleep", lambda s: None)
+    grid_file = write_grid(tmp_path / "tiny.yaml", tiny_grid_data())
+    assert main(["grid", str(grid_file), "--results", str(tmp_path / "r"), "--parallel", "2",
+                 "--speed", "train.compile=true", "train.compile_mode=reduce-overhead"]) == 0
+    assert len(started) == 2
+    assert all(argv[-3:] == ["--speed", "train.compile=true", "train.compile_mode=reduce-overhead"] for argv in started)
+
+
 def test_changed_settings_make_results_stale_and_only_rerun_stale_reruns_them(finished, tmp_path):
     results, runs = copy_of(finished, tmp_path)
     data = tiny_grid_data()
@@ -426,12 +460,15 @@ def test_gpu_study_script_plumbing_with_no_time_left(tmp_path):
     cell, copies nothing and writes an empty report; a real tiny run is `GPU_STUDY_TINY=1 bash ...`."""
     out = tmp_path / "out"
     env = dict(os.environ, GPU_STUDY_TINY="1", OUT=str(out), PYTHON=sys.executable, TIME_BUDGET="0",
-               PARALLEL="1", RUNS=str(tmp_path / "runs"), PYTHONPATH=str(REPO))
+               PARALLEL="1", RUNS=str(tmp_path / "runs"), PYTHONPATH=str(REPO),
+               SPEED="train.fused_optimizer=on train.compile_scope=step")
     proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu_study.sh")], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 done, 3 pending (about 180 s), 0 stale" in (out / "plan_before.txt").read_text()
-    assert "not starting r18_alone-s0: estimate 60 s, 0 s of the time budget left" in (out / "grid.log").read_text()
+    log = (out / "grid.log").read_text()
+    assert "not starting r18_alone-s0: estimate 60 s, 0 s of the time budget left" in log
+    assert "speed settings for every cell: train.fused_optimizer=on train.compile_scope=step" in log
     assert len([f for f in out.rglob("*") if f.is_file()]) <= 8  # what a device can send back
     with tarfile.open(out / "results.tar.gz") as archive:
         report = archive.extractfile("./results/gpu_fmnist_r18_r50_tiny/REPORT.md").read().decode()
