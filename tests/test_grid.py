@@ -161,8 +161,9 @@ def test_speed_settings_keep_the_experiment_and_reach_every_worker(finished, tmp
     assert config_hash(cfg) == config_hash(grid.config("dogo", 1))
     assert [j.status for j in plan(fast, root / "results")] == ["done"] * 4  # the same experiments
     # Not speed-only: another experiment, refused with the list of what is allowed.
-    assert config_hash(grid.config("dogo", 1)) != config_hash(load_grid(data=tiny_grid_data(
-        cells=[dict(c, overrides=[*c["overrides"], "train.amp=bf16"]) for c in tiny_grid_data()["cells"]])).config("dogo", 1))
+    bf16 = tiny_grid_data(cells=[dict(c, overrides=[*c["overrides"], "train.amp=bf16"])
+                                 for c in tiny_grid_data()["cells"]])
+    assert config_hash(grid.config("dogo", 1)) != config_hash(load_grid(data=bf16).config("dogo", 1))
     with pytest.raises(ConfigError, match=r"^--speed: 'train.amp=bf16' is not KEY=VALUE with a speed-only key"):
         grid.with_speed(["train.amp=bf16"])
     with pytest.raises(ConfigError, match="train.compile_mode"):
