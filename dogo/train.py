@@ -421,6 +421,9 @@ class Trainer:
                 p.model.train()
             bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not (self.progress and self.is_main),
                        desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False)
+            # The epoch's order goes to the device once: a per-step copy from pageable host memory can
+            # make the host wait for the device and stop it queueing the next step ahead.
+            order = self.perm.to(self.device)
             started = time.perf_counter()
             while self.step_in_epoch < self.steps_per_epoch:
                 if self._stop_requested:
@@ -428,8 +431,7 @@ class Trainer:
                     self.epoch_seconds += time.perf_counter() - started
                     return None
                 start = self.step_in_epoch * self.batch_size
-                idx = self.perm[start:start + self.batch_size].to(self.device, non_blocking=True)
-                losses = self.train_step(self.images[idx])
+                losses = self.train_step(self.images[order[start:start + self.batch_size]])
                 for peer, loss in zip(self.peers, losses):
                     for term in TERMS:
                         self.accum[peer.name][term] += loss[term].detach().float()
