@@ -45,7 +45,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -90,6 +90,9 @@ class GridSpec:
     cells: list[CellSpec]
     eval: dict[str, Any] = field(default_factory=dict)  # checked by _resolve_eval
     compare: list[CompareSpec] = field(default_factory=list)
+    # What `dogo report --readme` puts in the README: "tables" (means and paired differences, as
+    # REPORT.md) or "differences" (one row of paired differences per comparison: many comparisons).
+    readme: Literal["tables", "differences"] = "tables"
 
 
 @dataclass

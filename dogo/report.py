@@ -266,6 +266,46 @@ def comparisons_table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _short_setting(protocol: str, setting: str, metric: str) -> str:
+    if protocol in ("knn", "linear"):
+        return {"knn": "kNN", "linear": "linear"}[protocol]
+    if protocol == "noisy":
+        return "noisy " + setting.split()[-1]
+    if protocol == "corruptions":
+        return f"corrupt. {setting}"
+    if protocol == "tsne":
+        return f"t-SNE {metric}"
+    if protocol == "transfer":
+        return f"→ {setting}"
+    return setting
+
+
+def differences_matrix(results: Results) -> str:
+    """Markdown: one row per comparison, one column per headline protocol, each entry the paired
+    difference and the half width of its 95 % interval, bold where the interval excludes 0."""
+    rows = comparisons(results)
+    if not rows:
+        return "(no comparison with results on both sides)"
+    columns = list(dict.fromkeys((r["protocol"], r["setting"], r["metric"]) for r in rows))
+    columns.sort(key=lambda c: PROTOCOL_ORDER.index(c[0]) if c[0] in PROTOCOL_ORDER else len(PROTOCOL_ORDER))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    entry = {(r["label"], r["protocol"], r["setting"], r["metric"]): r["difference"] for r in rows}
+    lines = ["| comparison | seeds | " + " | ".join(_short_setting(*c) for c in columns) + " |",
+             "|---|---:|" + "---:|" * len(columns)]
+    for label in labels:
+        cells, n = [], set()
+        for protocol, setting, metric in columns:
+            d = entry.get((label, protocol, setting, metric))
+            if d is None:
+                cells.append("")
+                continue
+            n.add(d.n)
+            text = _fmt(d.mean, metric, True) + ("" if d.n < 2 else f" ± {_fmt((d.high - d.low) / 2, metric)}")
+            cells.append(text if d.within_noise else f"**{text}**")
+        lines.append(f"| {label} | {'/'.join(map(str, sorted(n)))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def seed_warning(results: Results) -> str | None:
     n = len(results.seeds)
     if 0 < n < MIN_SEEDS:
@@ -286,8 +326,10 @@ def missing_runs(results: Results) -> dict[str, list[int]]:
 
 def readme_block(results: Results) -> str:
     """What goes between the README's ``<!-- report:NAME -->`` markers: the headline tables."""
+    matrix = results.grid is not None and results.grid.spec.readme == "differences"
+    shown = "paired differences over seeds" if matrix else "mean ± std over seeds"
     parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))} "
-             f"(mean ± std over seeds; `dogo report results/{results.name} --readme README.md` regenerates this block)."]
+             f"({shown}; `dogo report results/{results.name} --readme README.md` regenerates this block)."]
     warning = seed_warning(results)
     if warning:
         parts.append(warning)
@@ -296,7 +338,14 @@ def readme_block(results: Results) -> str:
         parts.append("Not run yet (no row or comparison for them): " + ", ".join(
             f"{cell} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" for cell, seeds in missing.items())
             + ".")
-    parts += [means_table(results), "Paired differences (treatment - baseline, same seeds):", comparisons_table(results)]
+    if matrix:
+        parts += ["Paired differences treatment - baseline: mean ± half width of the 95 % interval over the "
+                  "paired seeds (none with one seed); **bold**: the interval excludes 0. Top-1 in points; "
+                  "REPORT.md has the means and the intervals:",
+                  differences_matrix(results)]
+    else:
+        parts += [means_table(results), "Paired differences (treatment - baseline, same seeds):",
+                  comparisons_table(results)]
     return "\n\n".join(parts)
 
 
@@ -306,6 +355,8 @@ def format_report(results: Results, figures: list[Path] | None = None) -> str:
     versions = sorted({f"dogo {r.get('dogo_version')}, numerics {r.get('numerics_version')}" for r in results.records})
     ladder = sorted({str(r.get("corruption_ladder")) for r in results.records})
     parts = [f"# Report: {results.name}", readme_block(results)]
+    if results.grid is not None and results.grid.spec.readme == "differences":
+        parts += ["## Means and every paired difference", means_table(results), comparisons_table(results)]
     details = [f"- devices: {', '.join(devices) or 'none'}", f"- code: {'; '.join(versions) or 'none'}",
                f"- corruption ladder: {', '.join(ladder) or 'none'}"]
     adopted = sorted({r["adopted_from"].get("grid") for r in results.records if r.get("adopted_from")})
@@ -550,4 +601,5 @@ def _command(args: argparse.Namespace) -> int:
 
 
 __all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
-           "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table"]
+           "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table",
+           "differences_matrix"]

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from dogo.cli import main
-from dogo.errors import DogoError
+from dogo.errors import ConfigError, DogoError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
 from dogo.report import (
     format_report,
@@ -160,6 +160,21 @@ def test_a_rerun_is_compared_with_the_reference_numbers(three_seeds, tmp_path, m
     assert main(["report", str(rerun), "--grid", str(grid_file), "--against", str(folder)]) == 0
     out = capsys.readouterr().out
     assert f"## Against {folder}" in out and "+1.50 points" in out and not (tmp_path / "figures").exists()
+
+
+def test_readme_differences_style_shows_one_row_per_comparison(three_seeds):
+    _, folder, _ = three_seeds
+    grid = load_grid(data=tiny_grid_data(seeds=[0, 1, 2], readme="differences"))
+    results = load_results(folder, grid)
+    half = T_975_DOF2 / math.sqrt(3)
+    lines = readme_block(results).splitlines()
+    assert "| comparison | seeds | kNN | 10% labels |" in lines
+    # kNN d = (2, 3, 4); limited d = (1, 1.5, 2): both intervals exclude 0, so both are bold.
+    assert f"| small: DoGo - alone | 3 | **+3.00 ± {half:.2f}** | **+1.50 ± {0.5 * half:.2f}** |" in lines
+    assert "mean ± std" not in lines[0] and "| protocol | setting | metric |" not in "\n".join(lines)
+    assert "| protocol | setting | metric | alone/small (n=3)" in format_report(results)  # the means stay in REPORT.md
+    with pytest.raises(ConfigError, match="readme"):
+        load_grid(data=tiny_grid_data(readme="matrix"))
 
 
 def test_changed_grid_makes_results_stale_in_the_report(three_seeds):
