@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := dataset-fashion-mnist chromium
+# g++ and python3-dev: torch.compile on the CPU (inductor) builds C++ kernels (tests/test_compile.py)
+APT_PACKAGES := dataset-fashion-mnist chromium g++ python3-dev
 
 .PHONY: setup system-packages venv quickstart test test-fast notebooks notebooks-full docs lint bench clean
 
