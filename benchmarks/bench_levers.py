@@ -105,8 +105,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _wait_for_all(barrier: tuple[Path, int, int], timeout: float = 900.0) -> None:
+    """Packed processes start timing together: each marks itself ready, then waits for the others."""
+    folder, index, count = barrier
+    (folder / f"ready-{index}").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("ready-*"))) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(folder.glob('ready-*')))} of {count} packed processes got ready")
+        time.sleep(0.02)
+
+
 def throughput(case: dict, names: list[str], device: str, images: int, warmup: int, steps: int,
-               on_row=None) -> list[dict]:
+               on_row=None, barrier: tuple[Path, int, int] | None = None) -> list[dict]:
     rows, reference_losses, baseline_rate = [], None, None
     data = None
     for name in names:
@@ -128,6 +139,8 @@ def throughput(case: dict, names: list[str], device: str, images: int, warmup: i
                 for i in range(warmup):
                     trainer.train_step(trainer.images[order[(i * batch) % (len(order) - batch):][:batch]])
                 _sync(trainer.device)
+                if barrier is not None:
+                    _wait_for_all(barrier)
                 started = time.perf_counter()
                 for i in range(steps):
                     trainer.train_step(trainer.images[order[(i * batch) % (len(order) - batch):][:batch]])
@@ -147,6 +160,40 @@ def throughput(case: dict, names: list[str], device: str, images: int, warmup: i
         rows.append(row)
         if on_row is not None:
             on_row(rows)
+    return rows
+
+
+def packed(args, lever: str, counts: list[int]) -> list[dict]:
+    """The lever's step loop in 1, then N processes at once on one device (as `dogo grid --parallel N`
+    packs cells): the summed images/s of N processes against one process alone."""
+    import json
+    import os
+    import subprocess
+
+    rows, single = [], None
+    for count in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [sys.executable, __file__, "--case", args.case, "--levers", lever, "--warmup", str(args.warmup),
+                    "--steps", str(args.steps)]
+            argv += ["--images", str(args.images)] if args.images else []
+            argv += ["--device", args.device] if args.device else []
+            argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // count)))
+            workers = [subprocess.Popen([*argv, "--barrier", tmp, str(i), str(count), "--out", f"{tmp}/{i}.json"],
+                                        env=env) for i in range(count)]
+            codes = [w.wait() for w in workers]
+            per = []
+            for i in range(count):
+                path = Path(tmp) / f"{i}.json"
+                row = json.loads(path.read_text())["throughput"][0] if path.is_file() else {}
+                per.append(row.get("images_per_s"))
+        ok = all(c == 0 for c in codes) and None not in per
+        total = round(sum(per), 1) if ok else None
+        single = single or total
+        row = {"lever": lever, "processes": count, "exit_codes": codes, "per_process_images_per_s": per,
+               "total_images_per_s": total, "speedup": round(total / single, 3) if total and single else None}
+        print(row, flush=True)
+        rows.append(row)
     return rows
 
 
@@ -210,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy-images", type=int, default=8000)
     parser.add_argument("--accuracy-epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument("--pack", type=int, nargs="+", default=None, metavar="N",
+                        help="time the first lever in 1, then N processes at once (e.g. --pack 2 3)")
+    parser.add_argument("--barrier", nargs=3, default=None, help=argparse.SUPPRESS)  # DIR INDEX COUNT
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     case = dict(CASES[args.case])
@@ -222,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"machine": machine_description(device), "case": args.case, "config": case["config"],
                     "base_overrides": case["base"]}
     names = args.levers if args.levers is not None else list(case["levers"])
+    if args.pack:
+        report["packing"] = packed(args, names[0], [1, *[n for n in args.pack if n > 1]])
+        names = []
+    barrier = (Path(args.barrier[0]), int(args.barrier[1]), int(args.barrier[2])) if args.barrier else None
     if names:
         def keep(rows):  # a step killed by its time limit keeps the rows measured so far
             report["throughput"] = rows
@@ -229,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_report(args.out, report)
 
         report["throughput"] = throughput(case, names, device, args.images or (16384 if device != "cpu" else 4096),
-                                          args.warmup, args.steps, on_row=keep)
+                                          args.warmup, args.steps, on_row=keep, barrier=barrier)
     if args.fit_lever:
         report["fit_overhead"] = fit_overhead(case, args.fit_lever, device, args.fit_images)
         print(report["fit_overhead"], flush=True)

@@ -3,13 +3,14 @@
 # Prepare on the development machine first:  bash benchmarks/prepare_gpu_carry.sh
 # Then on the device:  bash benchmarks/gpu_check.sh   (carry data/fashion-mnist and data/pydeps)
 # Results go to $OUT (or /tmp/dogo-gpu): env.txt, engine_smoke.log, bench_losses_gpu.{json,log},
-# bench_train_gpu.{json,log}, compile_smoke.log, levers_gpu{,_cnn}.{json,log}. Each step has its own time limit, and a failing step
+# bench_train_gpu.{json,log}, compile_smoke.log, levers_gpu{,_cnn}.{json,log}, packing_gpu.{json,log}. Each step has its own time limit, and a failing step
 # does not stop the next one; the exit status is the number of failed steps.
 # Dry run of the plumbing on a CPU machine (tiny sizes):
 #   DEVICE=cpu SMOKE_LIMIT=1024 LOSS_ARGS="--batches 64" \
 #   TRAIN_ARGS="--images 64 --batches 8 --steps 1 --warmup 0 --backbones resnet18 resnet18" \
 #   LEVER_ARGS="--device cpu --levers eager_fp32 fused_adam --images 64 --batch-size 16 --warmup 0 --steps 1" \
 #   CNN_LEVER_ARGS="--device cpu --images 1024 --batch-size 256 --warmup 0 --steps 1 --fit-images 1024" \
+#   PACK_ARGS="--device cpu --images 64 --batch-size 16 --warmup 0 --steps 1" \
 #   bash benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -23,8 +24,8 @@ export DOGO_DATA="$(pwd)/data"
 failed=0
 # The default steps fit a 9-minute window; STEPS=all adds the reference-loop comparison, the loss
 # benchmark and the compile smoke (measured on an H200 on 2026-11-29: benchmarks/RESULTS.md).
-ALL_STEPS="engine_smoke bench_losses_gpu bench_train_gpu compile_smoke levers_gpu levers_gpu_cnn"
-STEPS=${STEPS:-engine_smoke levers_gpu levers_gpu_cnn}
+ALL_STEPS="engine_smoke bench_losses_gpu bench_train_gpu compile_smoke levers_gpu levers_gpu_cnn packing_gpu"
+STEPS=${STEPS:-engine_smoke levers_gpu levers_gpu_cnn packing_gpu}
 [ "$STEPS" = all ] && STEPS=$ALL_STEPS
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
   local name=$1 limit=$2; shift 2
@@ -93,5 +94,13 @@ step levers_gpu 240 "$PY" benchmarks/bench_levers.py --case gpu --out "$OUT/leve
 step levers_gpu_cnn 120 "$PY" benchmarks/bench_levers.py --case gpu_cnn --fit-overhead fused_adam \
   --out "$OUT/levers_gpu_cnn.json" ${CNN_LEVER_ARGS:-}
 
+# 6. Packing (what `dogo grid --parallel N` does): the R18 + R50 step loop in 1, then 2 and 3
+#    processes at once on the one GPU; summed images/s against one process.
+step packing_gpu 100 "$PY" benchmarks/bench_levers.py --case gpu --levers fused_adam --pack 2 3 \
+  --out "$OUT/packing_gpu.json" ${PACK_ARGS:-}
+
+# A device sends back at most 8 files: the logs travel as one archive beside env.txt and the JSONs.
+( cd "$OUT" && ls ./*.log >/dev/null 2>&1 && tar czf logs.tar.gz ./*.log && rm -f ./*.log )
+ls "$OUT"
 echo "failed steps: $failed"
 exit $failed

@@ -142,6 +142,34 @@ def test_bench_levers_times_each_lever_against_eager_and_checks_its_numerics(tmp
 
 
 @pytest.mark.slow
+def test_bench_levers_packs_processes_that_time_the_same_window(tmp_path):
+    import json
+
+    out = tmp_path / "pack.json"
+    assert bench_levers.main(["--case", "cpu", "--levers", "eager_fp32", "--pack", "2", "--images", "256",
+                              "--batch-size", "32", "--warmup", "0", "--steps", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["packing"]
+    assert [(r["processes"], r["exit_codes"]) for r in rows] == [(1, [0]), (2, [0, 0])]
+    assert rows[1]["total_images_per_s"] == pytest.approx(sum(rows[1]["per_process_images_per_s"]), abs=0.2)
+    assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0
+
+
+def test_packed_processes_wait_for_each_other(tmp_path):
+    import threading
+
+    done = []
+    late = threading.Thread(target=lambda: (bench_levers._wait_for_all((tmp_path, 1, 2)), done.append(1)))
+    late.start()
+    late.join(0.3)
+    assert late.is_alive() and not done  # the second of two waits for the first
+    bench_levers._wait_for_all((tmp_path, 0, 2))
+    late.join(5)
+    assert done == [1]
+    with pytest.raises(TimeoutError, match="only 2 of 3"):
+        bench_levers._wait_for_all((tmp_path, 0, 3), timeout=0.1)
+
+
+@pytest.mark.slow
 def test_bench_levers_keeps_the_rows_measured_before_it_is_stopped(tmp_path, monkeypatch):
     import json
 
