@@ -424,6 +424,40 @@ def plot_bars(results: Results):
     return fig
 
 
+def plot_differences(results: Results):
+    """Paired differences with their 95 % intervals: one panel per headline protocol, one row per
+    comparison; filled markers where the interval excludes 0 (a forest plot). None without comparisons."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in comparisons(results) if r["difference"].n >= 2]
+    if not rows:
+        return None
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    panels = list(dict.fromkeys((r["protocol"], r["setting"], r["metric"]) for r in rows))
+    panels.sort(key=lambda c: PROTOCOL_ORDER.index(c[0]) if c[0] in PROTOCOL_ORDER else len(PROTOCOL_ORDER))
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(3.2 * ncols + 2.5, (0.28 * len(labels) + 0.9) * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
+    y = {label: i for i, label in enumerate(reversed(labels))}
+    for ax, (protocol, setting, metric) in zip(axes, panels):
+        for r in (r for r in rows if (r["protocol"], r["setting"], r["metric"]) == (protocol, setting, metric)):
+            d = r["difference"]
+            colour = "tab:gray" if d.within_noise else ("tab:green" if d.mean > 0 else "tab:red")
+            ax.errorbar(d.mean, y[r["label"]], xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", color=colour,
+                        mfc=colour if not d.within_noise else "white", capsize=2, markersize=4)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.set_title(_short_setting(protocol, setting, metric), fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].set_yticks(list(y.values()), list(y.keys()), fontsize=7)
+    fig.suptitle(f"{results.name}: paired difference treatment - baseline, 95 % interval over seeds "
+                 "(grey: contains 0)", fontsize=10)
+    return fig
+
+
 def plot_knn_curves(results: Results):
     """The kNN monitor over epochs per (cell, peer): mean over seeds, band = ± std."""
     from matplotlib.figure import Figure
@@ -473,13 +507,17 @@ def tsne_panels(results: Results) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def write_figures(results: Results, directory: str | Path) -> list[Path]:
-    """``NAME_bars.png``, ``NAME_knn_curves.png`` and, when t-SNE was stored, ``NAME_tsne.png``."""
+    """``NAME_bars.png``, ``NAME_knn_curves.png``, ``NAME_differences.png`` (paired differences, when two
+    seeds or more are paired) and, when t-SNE was stored, ``NAME_tsne.png``."""
     from .viz import draw_embeddings, save_figure
 
     if not results.records:
         return []
     written = [save_figure(plot_bars(results), directory, f"{results.name}_bars.png"),
                save_figure(plot_knn_curves(results), directory, f"{results.name}_knn_curves.png")]
+    differences = plot_differences(results)
+    if differences is not None:
+        written.append(save_figure(differences, directory, f"{results.name}_differences.png"))
     panels = tsne_panels(results)
     if panels:
         classes = next((r.get("classes") for r in results.records if r.get("classes")), None)

@@ -15,6 +15,7 @@ from dogo.report import (
     load_results,
     missing_runs,
     paired_difference,
+    plot_differences,
     readme_block,
     readme_blocks,
     replace_readme_block,
@@ -177,6 +178,20 @@ def test_readme_differences_style_shows_one_row_per_comparison(three_seeds):
         load_grid(data=tiny_grid_data(readme="matrix"))
 
 
+def test_differences_figure_marks_the_intervals_that_exclude_zero(three_seeds):
+    grid, folder, _ = three_seeds
+    fig = plot_differences(load_results(folder, grid))
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["kNN", "10% labels"]
+    # Both differences exclude 0 and are positive: filled green markers.
+    for ax in panels:
+        (container,) = ax.containers  # one comparison: one error bar
+        line = container.lines[0]
+        assert line.get_color() == "tab:green" and line.get_markerfacecolor() == "tab:green"
+    one_seed = load_results(folder, load_grid(data=tiny_grid_data(seeds=[0])))
+    assert plot_differences(one_seed) is None  # no interval from one seed: no figure
+
+
 def test_changed_grid_makes_results_stale_in_the_report(three_seeds):
     _, folder, _ = three_seeds
     data = tiny_grid_data(seeds=[0, 1, 2])
@@ -211,7 +226,8 @@ def test_report_command_writes_report_figures_and_the_readme_block(three_seeds, 
     report = (folder / "REPORT.md").read_text()
     assert printed.strip() == report.strip() and report.startswith("# Report: tiny\n")
     assert "- alone-s3.json: not a (cell, seed) of the grid file" in report
-    assert sorted(p.name for p in figures.iterdir()) == ["tiny_bars.png", "tiny_knn_curves.png", "tiny_tsne.png"]
+    assert sorted(p.name for p in figures.iterdir()) == ["tiny_bars.png", "tiny_differences.png", "tiny_knn_curves.png",
+                                                         "tiny_tsne.png"]
     text = readme.read_text()
     assert text.startswith("# Title\n\nintro\n\n<!-- report:tiny -->\n")
     assert text.endswith("<!-- /report:tiny -->\n\nafter\n")
