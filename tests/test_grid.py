@@ -435,8 +435,8 @@ def test_report_of_a_real_grid_run(finished, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == report.strip()
     assert "⚠ only 2 seeds (0, 1)" in report and "| small: DoGo - alone | linear | fast |" in report
     assert "alone/small (n=2) | dogo/small (n=2) | dogo/large (n=2)" in report
-    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["tiny_bars.png", "tiny_knn_curves.png",
-                                                                    "tiny_tsne.png"]
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["tiny_bars.png", "tiny_differences.png",
+                                                                    "tiny_knn_curves.png", "tiny_tsne.png"]
 
 
 def test_tiny_variant_of_the_gpu_study_grid():
