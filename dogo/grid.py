@@ -33,6 +33,7 @@ import dataclasses
 import datetime
 import fcntl
 import fnmatch
+import functools
 import hashlib
 import json
 import math
@@ -240,11 +241,17 @@ def load_grid(path: str | Path | None = None, data: dict[str, Any] | None = None
 _NO_DEFAULT = object()
 
 
+@functools.cache
+def _default_settings() -> dict[str, Any]:
+    return flatten(Config().to_dict())
+
+
 def config_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the flattened resolved config, without
-    the settings in ``NOT_AFFECTING_RESULTS`` (name, device, output folder, logging ...) and without
-    settings added later while they keep their earlier behaviour (``ADDED_SETTINGS_DEFAULTS``)."""
-    defaults = flatten(Config().to_dict())
+    the settings in ``NOT_AFFECTING_RESULTS`` (name, device, output folder, logging ...), with the
+    speed-only settings at their defaults (``SPEED_ONLY``: compile, fused optimizer, memory layout), and
+    without settings added later while they keep their earlier behaviour (``ADDED_SETTINGS_DEFAULTS``)."""
+    defaults = _default_settings()
     flat = {k: defaults[k] if k in SPEED_ONLY else v for k, v in flatten(cfg.to_dict()).items()}
     flat = {k: v for k, v in flat.items()
             if k not in NOT_AFFECTING_RESULTS and ADDED_SETTINGS_DEFAULTS.get(k, _NO_DEFAULT) != v}
@@ -530,12 +537,12 @@ def adopt_results(grid: Grid, results_dir: str | Path, source_dir: str | Path, *
     for job in plan(grid, results_dir):
         if job.status != "pending":
             continue
-        match = next((path for path, record in sources if record and record.get("seed") == job.seed
+        match = next(((path, record) for path, record in sources if record and record.get("seed") == job.seed
                       and record.get("config_hash") == job.config_hash and not stale_reasons(record, grid, job.config_hash)),
                      None)
         if match is None:
             continue
-        record = dict(read_result(match))
+        match, record = match[0], dict(match[1])
         record["adopted_from"] = {"grid": record.get("grid"), "cell": record.get("cell"), "file": match.name}
         record["grid"], record["cell"] = grid.name, job.cell
         if not dry_run:

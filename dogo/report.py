@@ -175,9 +175,19 @@ def main_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[keep]
 
 
-def _row_order(table: pd.DataFrame) -> list[tuple[str, str, str]]:
-    rows = list(dict.fromkeys(zip(table["protocol"], table["setting"], table["metric"])))
+def _in_protocol_order(rows) -> list[tuple[str, str, str]]:
+    """Distinct (protocol, setting, metric) in first-seen order, then stably by ``PROTOCOL_ORDER``."""
+    rows = list(dict.fromkeys(rows))
     return sorted(rows, key=lambda r: PROTOCOL_ORDER.index(r[0]) if r[0] in PROTOCOL_ORDER else len(PROTOCOL_ORDER))
+
+
+def _row_order(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    return _in_protocol_order(zip(table["protocol"], table["setting"], table["metric"]))
+
+
+def _differences_style(results: Results) -> bool:
+    """The grid asks for the README's differences matrix (``readme: differences``)."""
+    return results.grid is not None and results.grid.spec.readme == "differences"
 
 
 # ============================================================================ the report text
@@ -286,8 +296,7 @@ def differences_matrix(results: Results) -> str:
     rows = comparisons(results)
     if not rows:
         return "(no comparison with results on both sides)"
-    columns = list(dict.fromkeys((r["protocol"], r["setting"], r["metric"]) for r in rows))
-    columns.sort(key=lambda c: PROTOCOL_ORDER.index(c[0]) if c[0] in PROTOCOL_ORDER else len(PROTOCOL_ORDER))
+    columns = _in_protocol_order((r["protocol"], r["setting"], r["metric"]) for r in rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     entry = {(r["label"], r["protocol"], r["setting"], r["metric"]): r["difference"] for r in rows}
     lines = ["| comparison | seeds | " + " | ".join(_short_setting(*c) for c in columns) + " |",
@@ -326,7 +335,7 @@ def missing_runs(results: Results) -> dict[str, list[int]]:
 
 def readme_block(results: Results) -> str:
     """What goes between the README's ``<!-- report:NAME -->`` markers: the headline tables."""
-    matrix = results.grid is not None and results.grid.spec.readme == "differences"
+    matrix = _differences_style(results)
     shown = "paired differences over seeds" if matrix else "mean ± std over seeds"
     parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))} "
              f"({shown}; `dogo report results/{results.name} --readme README.md` regenerates this block)."]
@@ -355,7 +364,7 @@ def format_report(results: Results, figures: list[Path] | None = None) -> str:
     versions = sorted({f"dogo {r.get('dogo_version')}, numerics {r.get('numerics_version')}" for r in results.records})
     ladder = sorted({str(r.get("corruption_ladder")) for r in results.records})
     parts = [f"# Report: {results.name}", readme_block(results)]
-    if results.grid is not None and results.grid.spec.readme == "differences":
+    if _differences_style(results):
         parts += ["## Means and every paired difference", means_table(results), comparisons_table(results)]
     details = [f"- devices: {', '.join(devices) or 'none'}", f"- code: {'; '.join(versions) or 'none'}",
                f"- corruption ladder: {', '.join(ladder) or 'none'}"]
@@ -433,8 +442,7 @@ def plot_differences(results: Results):
     if not rows:
         return None
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    panels = list(dict.fromkeys((r["protocol"], r["setting"], r["metric"]) for r in rows))
-    panels.sort(key=lambda c: PROTOCOL_ORDER.index(c[0]) if c[0] in PROTOCOL_ORDER else len(PROTOCOL_ORDER))
+    panels = _in_protocol_order((r["protocol"], r["setting"], r["metric"]) for r in rows)
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(3.2 * ncols + 2.5, (0.28 * len(labels) + 0.9) * nrows), layout="constrained")
@@ -538,11 +546,10 @@ def rerun_table(rerun: Results, reference: Results) -> str:
     both = [(r["cell"], r["seed"]) for r in rerun.records if (r["cell"], r["seed"]) in hashes]
     if not both:
         return "(no (cell, seed) in both folders)"
-    differing = [f"{c}-s{s}" for c, s in both
-                 if next(r for r in rerun.records if (r["cell"], r["seed"]) == (c, s))["config_hash"] != hashes[(c, s)]]
-    key = [*KEYS, "seed"]
-    merged = a.merge(b, on=key, suffixes=("_reference", "_rerun"))
-    merged = merged[[(c, s) in set(both) for c, s in zip(merged["cell"], merged["seed"])]]
+    differing = [result_name(r["cell"], r["seed"]) for r in rerun.records
+                 if hashes.get((r["cell"], r["seed"]), r["config_hash"]) != r["config_hash"]]
+    # The inner merge keeps exactly the (cell, seed) pairs both folders hold.
+    merged = a.merge(b, on=[*KEYS, "seed"], suffixes=("_reference", "_rerun"))
     spread = {k: g["value"].std(ddof=1) for k, g in a.groupby(KEYS, sort=False)}
     lines = ["| run | peer | protocol | setting | reference | re-run | difference | reference seed std |",
              "|---|---|---|---|---:|---:|---:|---:|"]
