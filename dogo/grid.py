@@ -542,13 +542,13 @@ def adopt_results(grid: Grid, results_dir: str | Path, source_dir: str | Path, *
                      None)
         if match is None:
             continue
-        match, record = match[0], dict(match[1])
-        record["adopted_from"] = {"grid": record.get("grid"), "cell": record.get("cell"), "file": match.name}
+        source_path, record = match[0], dict(match[1])
+        record["adopted_from"] = {"grid": record.get("grid"), "cell": record.get("cell"), "file": source_path.name}
         record["grid"], record["cell"] = grid.name, job.cell
         if not dry_run:
             data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
             atomic_write_bytes(results_dir / f"{job.key}.json", lambda f, data=data: f.write(data))
-        say(f"{'would adopt' if dry_run else 'adopted'} {job.key} from {match}")
+        say(f"{'would adopt' if dry_run else 'adopted'} {job.key} from {source_path}")
         adopted.append(job.key)
     return adopted
 
