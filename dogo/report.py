@@ -96,6 +96,7 @@ class Results:
     table: pd.DataFrame  # columns: cell, seed, peer, protocol, setting, metric, value
     records: list[dict[str, Any]]
     stale: list[tuple[str, list[str]]]
+    only_seeds: list[int] | None = None  # a reading of some run seeds (``--seeds``), not the whole grid
 
     @property
     def seeds(self) -> list[int]:
@@ -107,9 +108,11 @@ def find_grid_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_results(results_dir: str | Path, grid: Grid | str | Path | None = None) -> Results:
+def load_results(results_dir: str | Path, grid: Grid | str | Path | None = None,
+                 seeds: list[int] | None = None) -> Results:
     """Read every ``*.json`` of a result folder; keep the current ones (for ``grid``, by default
-    ``configs/grids/<name>.yaml`` when it exists), list the others as stale."""
+    ``configs/grids/<name>.yaml`` when it exists), list the others as stale. With ``seeds``, only the
+    results of those run seeds count (the others are left out, not stale)."""
     from .grid import NUMERICS_VERSION, SCHEMA_VERSION
 
     results_dir = Path(results_dir)
@@ -145,9 +148,9 @@ def load_results(results_dir: str | Path, grid: Grid | str | Path | None = None)
             reasons.append("file name does not match its cell and seed")
         if reasons:
             stale.append((f.name, reasons))
-        else:
+        elif seeds is None or r.get("seed") in seeds:
             current.append(r)
-    return Results(name, grid, tidy(current), current, stale)
+    return Results(name, grid, tidy(current), current, stale, None if seeds is None else sorted(set(seeds)))
 
 
 def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -329,7 +332,8 @@ def missing_runs(results: Results) -> dict[str, list[int]]:
     if results.grid is None:
         return {}
     have = {(r["cell"], r["seed"]) for r in results.records}
-    missing = {c.name: [s for s in results.grid.spec.seeds if (c.name, s) not in have] for c in results.grid.spec.cells}
+    wanted = [s for s in results.grid.spec.seeds if results.only_seeds is None or s in results.only_seeds]
+    missing = {c.name: [s for s in wanted if (c.name, s) not in have] for c in results.grid.spec.cells}
     return {cell: seeds for cell, seeds in missing.items() if seeds}
 
 
@@ -337,8 +341,12 @@ def readme_block(results: Results) -> str:
     """What goes between the README's ``<!-- report:NAME -->`` markers: the headline tables."""
     matrix = _differences_style(results)
     shown = "paired differences over seeds" if matrix else "mean ± std over seeds"
-    parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))} "
-             f"({shown}; `dogo report results/{results.name} --readme README.md` regenerates this block)."]
+    seeds = ", ".join(map(str, results.seeds))
+    command = (f"`dogo report results/{results.name} --seeds {','.join(map(str, results.only_seeds))}` prints it"
+               if results.only_seeds is not None else
+               f"`dogo report results/{results.name} --readme README.md` regenerates this block")
+    only = " only" if results.only_seeds is not None else ""
+    parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {seeds}{only} ({shown}; {command})."]
     warning = seed_warning(results)
     if warning:
         parts.append(warning)
@@ -363,7 +371,8 @@ def format_report(results: Results, figures: list[Path] | None = None) -> str:
     devices = sorted({r.get("device", "?") for r in results.records})
     versions = sorted({f"dogo {r.get('dogo_version')}, numerics {r.get('numerics_version')}" for r in results.records})
     ladder = sorted({str(r.get("corruption_ladder")) for r in results.records})
-    parts = [f"# Report: {results.name}", readme_block(results)]
+    subset = "" if results.only_seeds is None else f" (seeds {', '.join(map(str, results.only_seeds))} only)"
+    parts = [f"# Report: {results.name}{subset}", readme_block(results)]
     if _differences_style(results):
         parts += ["## Means and every paired difference", means_table(results), comparisons_table(results)]
     details = [f"- devices: {', '.join(devices) or 'none'}", f"- code: {'; '.join(versions) or 'none'}",
@@ -629,13 +638,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", action="store_true", help="write no figures")
     parser.add_argument("--readme", default=None, metavar="README.md",
                         help="rewrite the block between <!-- report:NAME --> and <!-- /report:NAME --> in place")
+    parser.add_argument("--seeds", default=None, metavar="S,S,...", type=_seed_list,
+                        help="only these run seeds, e.g. a later batch apart from the first: prints the report "
+                             "and writes nothing (no REPORT.md, figures or README block)")
     parser.add_argument("--against", default=None, metavar="REFERENCE_DIR",
                         help="also compare every (cell, seed) found in both folders with the reference's numbers, "
                              "e.g. a re-run of committed cells against results/NAME")
     parser.set_defaults(func=_command)
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds as integers separated by commas, e.g. 3,4; got {text!r}") from None
+    return seeds
+
+
 def _command(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        # A subset of seeds is a reading, not the grid's report: it must not overwrite the committed files.
+        given = [flag for flag, value in (("--readme", args.readme), ("--figures", args.figures),
+                                           ("--against", args.against)) if value]
+        if given:
+            raise DogoError(f"--seeds prints a report of some seeds and writes nothing: drop {', '.join(given)}")
+        results = load_results(args.results, args.grid, seeds=args.seeds)
+        missing = sorted(set(args.seeds) - set(results.seeds))
+        if missing:
+            raise DogoError(f"--seeds: no current result in {args.results} has seed {', '.join(map(str, missing))}")
+        print(format_report(results))
+        return 0
     figures = args.figures or (None if args.against else "figures")
     results, text = write_report(args.results, args.grid, None if args.no_figures else figures, args.readme)
     print(text)

@@ -380,7 +380,8 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
 
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
-    assert [f.name for f in files] == ["ablations_cnn.yaml", "cpu_fmnist_cnn.yaml", "gpu_fmnist_r18_r50.yaml"]
+    assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
+                                      "gpu_fmnist_r18_r50.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -393,6 +394,17 @@ def test_committed_grid_files_are_valid():
 
     # The small CNN alone is exactly the quickstart's baseline (up to its name).
     assert config_hash(cpu.config("small_alone", 0)) == config_hash(baseline_of(load_config(DEFAULT_CONFIG)))
+    # The follow-up grid's cells are the same experiments as the grids it adopts from: a cell of the same
+    # name has the same config for every seed, and the evaluation settings are equal.
+    follow_up = load_grid(REPO / "configs/grids/ablations_cnn_5seeds.yaml")
+    ablations = load_grid(REPO / "configs/grids/ablations_cnn.yaml")
+    assert follow_up.eval_settings == ablations.eval_settings == cpu.eval_settings
+    for source in (ablations, cpu):
+        shared = {c.name for c in follow_up.spec.cells} & {c.name for c in source.spec.cells}
+        assert shared >= ({"small_alone", "dogo"} if source is cpu else {"weight_0", "weight_0.3", "three_peers"})
+        for name in shared:
+            for seed in follow_up.spec.seeds:
+                assert config_hash(follow_up.config(name, seed)) == config_hash(source.config(name, seed)), name
 
 
 def test_committed_results_are_current():

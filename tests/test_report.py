@@ -295,3 +295,31 @@ def test_figures_give_each_role_its_colour(three_seeds):
     assert styles[("alone", "small")]["color"] == ROLE_COLORS["alone"]
     assert styles[("dogo", "small")]["color"] == ROLE_COLORS["student"]
     assert styles[("dogo", "large")]["color"] == ROLE_COLORS["peer"]
+
+
+def test_report_of_some_seeds_prints_and_writes_nothing(three_seeds, tmp_path, capsys, monkeypatch):
+    grid, folder, grid_file = three_seeds
+    monkeypatch.chdir(tmp_path)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert main(["report", str(folder), "--grid", str(grid_file), "--seeds", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert out.startswith("# Report: tiny (seeds 1, 2 only)\n")
+    assert "4 results, seeds 1, 2 only" in out and "--seeds 1,2` prints it" in out and "Not run yet" not in out
+    # seeds 1 and 2 alone: knn d = (3, 4), mean 3.5
+    knn = next(line for line in out.splitlines() if line.startswith("| small: DoGo - alone | knn |"))
+    # t(0.975, 1 dof) = 12.706, sd 0.707, half width 12.706 * 0.5 = 6.35
+    assert knn.endswith("| 53.00 | 56.50 | +3.50 | [-2.85, +9.85] | 2 | within noise; ⚠ 2 seeds: interval not meaningful |")
+    # The whole grid's results are unchanged by the reading.
+    assert load_results(folder, grid).seeds == [0, 1, 2]
+
+
+def test_report_of_some_seeds_refuses_to_write_and_unknown_seeds(three_seeds, capsys):
+    grid, folder, grid_file = three_seeds
+    assert main(["report", str(folder), "--grid", str(grid_file), "--seeds", "1", "--readme", "README.md"]) == 2
+    assert "--seeds prints a report of some seeds and writes nothing: drop --readme" in capsys.readouterr().err
+    assert main(["report", str(folder), "--grid", str(grid_file), "--seeds", "2,7"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --seeds: no current result in {folder} has seed 7"
+    with pytest.raises(SystemExit):
+        main(["report", str(folder), "--seeds", "one"])
+    assert "expected seeds as integers separated by commas" in capsys.readouterr().err
