@@ -341,12 +341,13 @@ def readme_block(results: Results) -> str:
     """What goes between the README's ``<!-- report:NAME -->`` markers: the headline tables."""
     matrix = _differences_style(results)
     shown = "paired differences over seeds" if matrix else "mean ± std over seeds"
-    seeds = ", ".join(map(str, results.seeds))
-    command = (f"`dogo report results/{results.name} --seeds {','.join(map(str, results.only_seeds))}` prints it"
-               if results.only_seeds is not None else
-               f"`dogo report results/{results.name} --readme README.md` regenerates this block")
-    only = " only" if results.only_seeds is not None else ""
-    parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {seeds}{only} ({shown}; {command})."]
+    if results.only_seeds is None:
+        only, command = "", f"`dogo report results/{results.name} --readme README.md` regenerates this block"
+    else:
+        listed = ",".join(map(str, results.only_seeds))
+        only, command = " only", f"`dogo report results/{results.name} --seeds {listed}` prints it"
+    parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))}{only} "
+             f"({shown}; {command})."]
     warning = seed_warning(results)
     if warning:
         parts.append(warning)
