@@ -381,7 +381,7 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
-                                      "gpu_fmnist_r18_r50.yaml"]
+                                      "gpu_fmnist_r18_r50.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -405,6 +405,14 @@ def test_committed_grid_files_are_valid():
         for name in shared:
             for seed in follow_up.spec.seeds:
                 assert config_hash(follow_up.config(name, seed)) == config_hash(source.config(name, seed)), name
+    # The confirmation runs the follow-up's cells (all four of them) on seeds none of the earlier grids ran.
+    confirm = load_grid(REPO / "configs/grids/weight_cnn_confirm.yaml")
+    assert confirm.eval_settings == follow_up.eval_settings
+    earlier = set(follow_up.spec.seeds) | set(ablations.spec.seeds) | set(cpu.spec.seeds)
+    assert confirm.spec.seeds == [5, 6, 7, 8, 9] and not earlier & set(confirm.spec.seeds)
+    assert {c.name for c in confirm.spec.cells} == {"small_alone", "weight_0", "dogo", "weight_1"}
+    for cell in confirm.spec.cells:
+        assert config_hash(confirm.config(cell.name, 5)) == config_hash(follow_up.config(cell.name, 5)), cell.name
 
 
 def test_committed_results_are_current():
