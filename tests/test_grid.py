@@ -381,7 +381,7 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
-                                      "gpu_fmnist_r18_r50.yaml", "weight_cnn_confirm.yaml"]
+                                      "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -413,6 +413,16 @@ def test_committed_grid_files_are_valid():
     assert {c.name for c in confirm.spec.cells} == {"small_alone", "weight_0", "dogo", "weight_1"}
     for cell in confirm.spec.cells:
         assert config_hash(confirm.config(cell.name, 5)) == config_hash(follow_up.config(cell.name, 5)), cell.name
+    # The main study on fresh seeds: cpu_fmnist_cnn's cells on the confirmation's seeds, whose small_alone
+    # and dogo runs it adopts.
+    fresh = load_grid(REPO / "configs/grids/cpu_fmnist_cnn_fresh.yaml")
+    assert fresh.eval_settings == cpu.eval_settings and fresh.spec.seeds == confirm.spec.seeds
+    assert [c.name for c in fresh.spec.cells] == [c.name for c in cpu.spec.cells] and fresh.spec.compare == cpu.spec.compare
+    for cell in fresh.spec.cells:
+        for seed in fresh.spec.seeds:
+            assert config_hash(fresh.config(cell.name, seed)) == config_hash(cpu.config(cell.name, seed)), cell.name
+            if cell.name != "large_alone":
+                assert config_hash(fresh.config(cell.name, seed)) == config_hash(confirm.config(cell.name, seed))
 
 
 def test_committed_results_are_current():
