@@ -19,6 +19,22 @@ import sys
 from .errors import DogoError
 
 
+class SeedList(argparse.Action):
+    """``--seeds 0 1 2`` or ``--seeds 0,1,2``: every command that takes seeds reads both forms."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs="+", metavar="SEED", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            seeds = [int(part) for value in values for part in value.split(",") if part.strip()]
+        except ValueError:
+            seeds = []
+        if not seeds:
+            parser.error(f"argument {option_string}: expected integer seeds, e.g. 3 4 or 3,4; got {' '.join(values)!r}")
+        setattr(namespace, self.dest, seeds)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import resume, train
 

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .cli import SeedList
 from .config import build_validated, validate
 from .data import ImageDataset, load_dataset
 from .errors import ConfigError, DataError, DogoError, did_you_mean
@@ -610,7 +611,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), metavar="P",
                         help=f"any of {', '.join(PROTOCOLS)} or 'all' (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="use N train and N test images (quick runs)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for limited/noisy labels")
+    parser.add_argument("--seeds", action=SeedList, default=[0, 1, 2],
+                        help="seeds for limited/noisy labels (0 1 2 or 0,1,2)")
     parser.add_argument("--out", default=None, metavar="DIR", help="also write the combined table and figures here")
     parser.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the run's own")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")

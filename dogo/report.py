@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .cli import SeedList
 from .errors import DogoError
 from .grid import REPO, Grid, config_hash, load_grid, read_result, result_name, stale_reasons
 
@@ -639,21 +640,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", action="store_true", help="write no figures")
     parser.add_argument("--readme", default=None, metavar="README.md",
                         help="rewrite the block between <!-- report:NAME --> and <!-- /report:NAME --> in place")
-    parser.add_argument("--seeds", default=None, metavar="S,S,...", type=_seed_list,
-                        help="only these run seeds, e.g. a later batch apart from the first: prints the report "
-                             "and writes nothing (no REPORT.md, figures or README block)")
+    parser.add_argument("--seeds", default=None, action=SeedList,
+                        help="only these run seeds (3 4 or 3,4), e.g. a later batch apart from the first: prints "
+                             "the report and writes nothing (no REPORT.md, figures or README block)")
     parser.add_argument("--against", default=None, metavar="REFERENCE_DIR",
                         help="also compare every (cell, seed) found in both folders with the reference's numbers, "
                              "e.g. a re-run of committed cells against results/NAME")
     parser.set_defaults(func=_command)
-
-
-def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seeds as integers separated by commas, e.g. 3,4; got {text!r}") from None
-    return seeds
 
 
 def _command(args: argparse.Namespace) -> int:

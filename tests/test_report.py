@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dogo.cli import main
+from dogo.cli import build_parser, main
 from dogo.errors import ConfigError, DogoError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
 from dogo.report import (
@@ -322,4 +322,17 @@ def test_report_of_some_seeds_refuses_to_write_and_unknown_seeds(three_seeds, ca
     assert capsys.readouterr().err.strip() == f"error: --seeds: no current result in {folder} has seed 7"
     with pytest.raises(SystemExit):
         main(["report", str(folder), "--seeds", "one"])
-    assert "expected seeds as integers separated by commas" in capsys.readouterr().err
+    assert "argument --seeds: expected integer seeds, e.g. 3 4 or 3,4; got 'one'" in capsys.readouterr().err
+
+
+def test_seeds_read_both_forms_in_every_command():
+    """`dogo report --seeds` and `dogo eval --seeds` take the same forms: spaces, commas, or both."""
+    parser = build_parser()
+    for form in (["1", "2", "5"], ["1,2,5"], ["1,2", "5"], ["1,", "2,5"]):
+        assert parser.parse_args(["report", "results/x", "--seeds", *form]).seeds == [1, 2, 5], form
+        assert parser.parse_args(["eval", "runs/x", "--seeds", *form]).seeds == [1, 2, 5], form
+    assert parser.parse_args(["eval", "runs/x"]).seeds == [0, 1, 2] and parser.parse_args(["report", "r"]).seeds is None
+    for bad in (["1.5"], [","], ["1", "two"]):
+        for command in (["report", "results/x"], ["eval", "runs/x"]):
+            with pytest.raises(SystemExit):
+                parser.parse_args([*command, "--seeds", *bad])
