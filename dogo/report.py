@@ -319,6 +319,24 @@ def differences_matrix(results: Results) -> str:
     return "\n".join(lines)
 
 
+def intervals_excluding_zero(results: Results) -> tuple[int, int]:
+    """(intervals that exclude 0, intervals) over every comparison and headline row with 2 or more paired seeds."""
+    differences = [c["difference"] for c in comparisons(results) if c["difference"].n >= 2]
+    return sum(not d.within_noise for d in differences), len(differences)
+
+
+def chance_line(results: Results, level: float = 0.95) -> str | None:
+    """How many intervals exclude 0, beside how many would by chance alone if no treatment changed anything:
+    each 95 % interval excludes 0 with probability 5 % under that null, so many intervals read at once give
+    some "effects" that are noise."""
+    excluding, total = intervals_excluding_zero(results)
+    if total == 0:
+        return None
+    chance = 1 - level
+    return (f"{excluding} of {total} intervals exclude 0 ({100 * excluding / total:.1f} %); if no treatment changed "
+            f"anything, {100 * chance:.0f} % of them (about {chance * total:.1f}) would by chance alone.")
+
+
 def seed_warning(results: Results) -> str | None:
     n = len(results.seeds)
     if 0 < n < MIN_SEEDS:
@@ -365,6 +383,9 @@ def readme_block(results: Results) -> str:
     else:
         parts += [means_table(results), "Paired differences (treatment - baseline, same seeds):",
                   comparisons_table(results)]
+    chance = chance_line(results)
+    if chance:
+        parts.append(chance)
     return "\n\n".join(parts)
 
 
@@ -673,4 +694,4 @@ def _command(args: argparse.Namespace) -> int:
 
 __all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
            "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table",
-           "differences_matrix"]
+           "differences_matrix", "intervals_excluding_zero", "chance_line"]

@@ -11,7 +11,9 @@ from dogo.cli import build_parser, main
 from dogo.errors import ConfigError, DogoError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
 from dogo.report import (
+    chance_line,
     format_report,
+    intervals_excluding_zero,
     load_results,
     missing_runs,
     paired_difference,
@@ -336,3 +338,26 @@ def test_seeds_read_both_forms_in_every_command():
         for command in (["report", "results/x"], ["eval", "runs/x"]):
             with pytest.raises(SystemExit):
                 parser.parse_args([*command, "--seeds", *bad])
+
+
+def test_the_count_of_intervals_that_exclude_zero_beside_chance(three_seeds, tmp_path):
+    grid, folder, _ = three_seeds
+    results = load_results(folder, grid)
+    # small: DoGo - alone, kNN d = (2, 3, 4) and 10 % labels d = (1, 1.5, 2): both intervals exclude 0
+    assert intervals_excluding_zero(results) == (2, 2)
+    line = ("2 of 2 intervals exclude 0 (100.0 %); if no treatment changed anything, 5 % of them (about 0.1) "
+            "would by chance alone.")
+    assert chance_line(results) == line and readme_block(results).endswith(line)
+    # one paired seed gives no interval: nothing to count, and no line
+    one = tmp_path / "one"
+    one.mkdir()
+    for name in ("alone-s0.json", "dogo-s0.json"):
+        (one / name).write_text((folder / name).read_text())
+    single = load_results(one, grid)
+    assert intervals_excluding_zero(single) == (0, 0) and chance_line(single) is None
+    assert "intervals exclude 0" not in readme_block(single)
+    # a third seed on which DoGo loses 10 points of kNN: that interval now contains 0
+    record = json.loads((folder / "dogo-s2.json").read_text())
+    record["rows"] = [row[:6] + [44.0] + row[7:] if row[1] == "knn" and row[0] == "small" else row for row in record["rows"]]
+    (folder / "dogo-s2.json").write_text(json.dumps(record))
+    assert intervals_excluding_zero(load_results(folder, grid)) == (1, 2)
