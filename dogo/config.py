@@ -236,9 +236,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key{hint}")
     kwargs = {}
     for name, f in fields.items():
-        if name not in data:
-            continue
         key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: missing (it has no default)")
+            continue
         value = _coerce(data[name], hints[name], key)
         _apply_rules(value, f.metadata.get("rules", {}), key)
         kwargs[name] = value

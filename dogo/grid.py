@@ -12,6 +12,13 @@ cells, each a run config with overrides::
     cells:
       - {name: small_alone, config: configs/fashion_mnist_quick.yaml, overrides: ["peers=[...]"], estimate_s: 120}
 
+A confirmation grid runs an earlier grid's cells on fresh seeds and states, before they run, what they
+should show; ``dogo report`` gives each prediction its verdict beside the earlier grid's interval::
+
+    confirms: cpu_fmnist_cnn
+    predictions:
+      - {comparison: "large CNN: DoGo - alone", protocol: corruptions, setting: mean, expect: lower}
+
 ``dogo grid GRID.yaml`` runs every (cell, seed) without a current result and skips the others, so an
 interrupted grid, or one split over machines (``--shard I/N``), continues where it stopped. Each
 finished (cell, seed) writes ``<results>/<cell>-s<seed>.json`` atomically; its run folder (checkpoint,
@@ -85,6 +92,16 @@ class CompareSpec:
 
 
 @dataclass
+class PredictionSpec:
+    """A result expected before the seeds ran: one comparison's paired difference on one measure."""
+
+    comparison: str  # the label of one of the grid's comparisons
+    protocol: str  # knn, linear, limited, noisy, transfer, corruptions, tsne
+    expect: Literal["lower", "higher", "within_noise"]  # the treatment below, above, or not apart from the baseline
+    setting: str = ""  # e.g. "1% labels" or "mean"; may be left out where the protocol has one headline setting
+
+
+@dataclass
 class GridSpec:
     name: str
     seeds: list[int]
@@ -94,6 +111,10 @@ class GridSpec:
     # What `dogo report --readme` puts in the README: "tables" (means and paired differences, as
     # REPORT.md) or "differences" (one row of paired differences per comparison: many comparisons).
     readme: Literal["tables", "differences"] = "tables"
+    # A confirmation: the grid whose findings these (fresh) seeds test, and what they are predicted to show;
+    # `dogo report` sets each prediction's interval beside that grid's and says whether it held.
+    confirms: str = ""
+    predictions: list[PredictionSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -232,7 +253,31 @@ def load_grid(path: str | Path | None = None, data: dict[str, Any] | None = None
                                   f"(write cell/peer; its peers are {', '.join(peers[cell])})")
         if not pair.label:
             pair.label = f"{pair.treatment} - {pair.baseline}"
+    _check_predictions(spec, eval_settings["protocols"])
     return grid
+
+
+def _check_predictions(spec: GridSpec, protocols: list[str]) -> None:
+    if spec.confirms:
+        _check_name(spec.confirms, "confirms")
+        if spec.confirms == spec.name:
+            raise ConfigError("confirms: a grid confirms another grid's findings, not its own")
+    labels = [pair.label for pair in spec.compare]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"compare: labels must be unique, got {labels}")
+    seen = set()
+    for i, prediction in enumerate(spec.predictions):
+        if prediction.comparison not in labels:
+            raise ConfigError(f"predictions[{i}].comparison: no comparison labelled {prediction.comparison!r}; "
+                              f"the grid's are {', '.join(map(repr, labels)) or 'none'}")
+        if prediction.protocol not in protocols:
+            raise ConfigError(f"predictions[{i}].protocol: {prediction.protocol!r} is not one of the grid's "
+                              f"protocols ({', '.join(protocols)})")
+        key = (prediction.comparison, prediction.protocol, prediction.setting)
+        if key in seen:
+            measure = f"{prediction.protocol} {prediction.setting}".strip()
+            raise ConfigError(f"predictions[{i}]: {prediction.comparison!r} on {measure} is predicted twice")
+        seen.add(key)
 
 
 # ============================================================================ result identity

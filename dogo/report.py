@@ -98,6 +98,7 @@ class Results:
     records: list[dict[str, Any]]
     stale: list[tuple[str, list[str]]]
     only_seeds: list[int] | None = None  # a reading of some run seeds (``--seeds``), not the whole grid
+    folder: Path | None = None  # where the result files were read
 
     @property
     def seeds(self) -> list[int]:
@@ -151,7 +152,8 @@ def load_results(results_dir: str | Path, grid: Grid | str | Path | None = None,
             stale.append((f.name, reasons))
         elif seeds is None or r.get("seed") in seeds:
             current.append(r)
-    return Results(name, grid, tidy(current), current, stale, None if seeds is None else sorted(set(seeds)))
+    return Results(name, grid, tidy(current), current, stale, None if seeds is None else sorted(set(seeds)),
+                   results_dir)
 
 
 def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -239,12 +241,17 @@ def means_table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _series(table: pd.DataFrame) -> dict[tuple, dict[int, float]]:
+    """{(cell, peer, protocol, setting, metric): {run seed: value}} of a tidy table."""
+    return {k: dict(zip(g["seed"], g["value"])) for k, g in table.groupby(KEYS, sort=False)}
+
+
 def comparisons(results: Results) -> list[dict[str, Any]]:
     """For every compare pair of the grid and every headline row both sides have: the paired difference."""
     if results.grid is None:
         return []
     table = main_rows(results.table)
-    series = {k: dict(zip(g["seed"], g["value"])) for k, g in table.groupby(KEYS, sort=False)}
+    series = _series(table)
     out = []
     for pair in results.grid.spec.compare:
         (bc, bp), (tc, tp) = pair.baseline.split("/", 1), pair.treatment.split("/", 1)
@@ -337,6 +344,108 @@ def chance_line(results: Results, level: float = 0.95) -> str | None:
             f"anything, {100 * chance:.0f} % of them (about {chance * total:.1f}) would by chance alone.")
 
 
+def _side(d: PairedDifference) -> str:
+    return "lower" if d.high < 0 else "higher" if d.low > 0 else "within_noise"
+
+
+def prediction_verdict(expect: str, d: PairedDifference | None, seeds_wanted: int) -> str:
+    """Whether a prediction held: "confirmed" when the 95 % interval lies on the predicted side of 0
+    (or contains 0, for ``within_noise``); "pending" until every seed of the grid is in."""
+    n = 0 if d is None else d.n
+    if n < max(seeds_wanted, 2):
+        return f"pending ({n} of {max(seeds_wanted, 2)} seeds)"
+    side = _side(d)
+    if side == expect:
+        return "confirmed"
+    if expect == "within_noise":
+        return f"not confirmed: {side}"
+    if side == "within_noise":
+        return "not confirmed: within noise"
+    return f"not confirmed: {side}, the opposite"
+
+
+def _confirmed_results(results: Results) -> Results | None:
+    """The results of the grid this one confirms (a sibling folder ``results/<confirms>``), if any."""
+    spec = results.grid.spec if results.grid else None
+    if spec is None or not spec.confirms or results.folder is None:
+        return None
+    folder = results.folder.parent / spec.confirms
+    return load_results(folder) if folder.is_dir() and any(folder.glob("*.json")) else None
+
+
+def _difference(series: dict, baseline: tuple, treatment: tuple) -> PairedDifference | None:
+    base, treat = series.get(baseline), series.get(treatment)
+    return None if base is None or treat is None else paired_difference(base, treat)
+
+
+def prediction_checks(results: Results) -> list[dict[str, Any]]:
+    """Each of the grid's predictions: its measure, its paired difference on these seeds, the same
+    comparison on the results of the grid it confirms (its cells of the same names), and the verdict."""
+    spec = results.grid.spec if results.grid else None
+    if spec is None or not spec.predictions:
+        return []
+    explored = _confirmed_results(results)
+    here = _series(main_rows(results.table))
+    there = _series(main_rows(explored.table)) if explored is not None else {}
+    pairs = {pair.label: pair for pair in spec.compare}
+    wanted = len(results.only_seeds if results.only_seeds is not None else spec.seeds)
+    out = []
+    for prediction in spec.predictions:
+        pair = pairs[prediction.comparison]
+        (bc, bp), (tc, tp) = pair.baseline.split("/", 1), pair.treatment.split("/", 1)
+        measures = list(dict.fromkeys((k[3], k[4]) for series in (here, there) for k in series
+                                      if k[:3] == (tc, tp, prediction.protocol)))
+        found = [m for m in measures if m[0] == prediction.setting or (not prediction.setting and len(measures) == 1)]
+        row = {"comparison": prediction.comparison, "protocol": prediction.protocol, "expect": prediction.expect,
+               "setting": prediction.setting, "metric": "top1", "difference": None, "explored": None}
+        if not found:
+            listed = ", ".join(repr(m[0]) for m in measures)
+            row["verdict"] = (f"no measure {prediction.protocol} {prediction.setting!r} in the results (its "
+                              f"settings: {listed})" if measures else prediction_verdict(prediction.expect, None, wanted))
+            out.append(row)
+            continue
+        setting, metric = found[0]
+        row.update(setting=setting, metric=metric)
+        measure = (prediction.protocol, setting, metric)
+        row["difference"], row["explored"] = (_difference(series, (bc, bp, *measure), (tc, tp, *measure))
+                                              for series in (here, there))
+        row["verdict"] = prediction_verdict(prediction.expect, row["difference"], wanted)
+        out.append(row)
+    return out
+
+
+def predictions_table(results: Results) -> str | None:
+    """Markdown: each prediction, the interval that suggested it, the fresh seeds' interval, the verdict."""
+    checks = prediction_checks(results)
+    if not checks:
+        return None
+    spec = results.grid.spec
+    explored = _confirmed_results(results)
+    source = (f"`{spec.confirms}`, seeds {', '.join(map(str, explored.seeds))}" if explored is not None
+              else f"`{spec.confirms}` (no results found)" if spec.confirms else "none")
+
+    def interval(d: PairedDifference | None, metric: str) -> str:
+        if d is None:
+            return "n/a"
+        if d.n < 2:
+            return f"{_fmt(d.mean, metric, True)} (1 seed)"
+        return f"{_fmt(d.mean, metric, True)} [{_fmt(d.low, metric, True)}, {_fmt(d.high, metric, True)}]"
+
+    lines = [f"| comparison | measure | predicted | before ({source}) | these seeds | verdict |",
+             "|---|---|---|---:|---:|---|"]
+    for c in checks:
+        measure = f"{c['protocol']} {c['setting']}".strip()
+        lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | "
+                     f"{interval(c['explored'], c['metric'])} | {interval(c['difference'], c['metric'])} | "
+                     f"{c['verdict']} |")
+    counts = {kind: sum(c["verdict"].startswith(kind) for c in checks) for kind in ("confirmed", "not confirmed", "pending")}
+    head = (f"Predictions written in `{spec.name}`'s grid file before its seeds ran: {counts['confirmed']} of "
+            f"{len(checks)} confirmed, {counts['not confirmed']} not confirmed, {counts['pending']} pending "
+            "(confirmed: the 95 % interval on the predicted side of 0, or containing 0 where no difference was "
+            "predicted).")
+    return head + "\n\n" + "\n".join(lines)
+
+
 def seed_warning(results: Results) -> str | None:
     n = len(results.seeds)
     if 0 < n < MIN_SEEDS:
@@ -386,6 +495,9 @@ def readme_block(results: Results) -> str:
     chance = chance_line(results)
     if chance:
         parts.append(chance)
+    predictions = predictions_table(results)
+    if predictions:
+        parts.append(predictions)
     return "\n\n".join(parts)
 
 
@@ -694,4 +806,5 @@ def _command(args: argparse.Namespace) -> int:
 
 __all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
            "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table",
-           "differences_matrix", "intervals_excluding_zero", "chance_line"]
+           "differences_matrix", "intervals_excluding_zero", "chance_line",
+           "prediction_checks", "prediction_verdict", "predictions_table"]

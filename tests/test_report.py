@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -11,6 +12,7 @@ from dogo.cli import build_parser, main
 from dogo.errors import ConfigError, DogoError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
 from dogo.report import (
+    PairedDifference,
     chance_line,
     format_report,
     intervals_excluding_zero,
@@ -18,6 +20,9 @@ from dogo.report import (
     missing_runs,
     paired_difference,
     plot_differences,
+    prediction_checks,
+    prediction_verdict,
+    predictions_table,
     readme_block,
     readme_blocks,
     replace_readme_block,
@@ -361,3 +366,95 @@ def test_the_count_of_intervals_that_exclude_zero_beside_chance(three_seeds, tmp
     record["rows"] = [row[:6] + [44.0] + row[7:] if row[1] == "knn" and row[0] == "small" else row for row in record["rows"]]
     (folder / "dogo-s2.json").write_text(json.dumps(record))
     assert intervals_excluding_zero(load_results(folder, grid)) == (1, 2)
+
+
+def test_prediction_verdicts_on_hand_made_intervals():
+    below, around, above = (PairedDifference(-2.0, -3.0, -1.0, 5), PairedDifference(0.5, -1.0, 2.0, 5),
+                            PairedDifference(2.0, 1.0, 3.0, 5))
+    assert [prediction_verdict("lower", d, 5) for d in (below, around, above)] == [
+        "confirmed", "not confirmed: within noise", "not confirmed: higher, the opposite"]
+    assert [prediction_verdict("higher", d, 5) for d in (below, around, above)] == [
+        "not confirmed: lower, the opposite", "not confirmed: within noise", "confirmed"]
+    assert [prediction_verdict("within_noise", d, 5) for d in (below, around, above)] == [
+        "not confirmed: lower", "confirmed", "not confirmed: higher"]
+    # no verdict before every seed is in, nor from one seed, nor without a result
+    assert prediction_verdict("lower", PairedDifference(-2.0, -3.0, -1.0, 4), 5) == "pending (4 of 5 seeds)"
+    assert prediction_verdict("lower", PairedDifference(-2.0, math.nan, math.nan, 1), 1) == "pending (1 of 2 seeds)"
+    assert prediction_verdict("lower", None, 3) == "pending (0 of 3 seeds)"
+
+
+def fresh_grid_data(**changes) -> dict:
+    """A confirmation of the tiny grid on seeds 3-5, with three predictions."""
+    data = dict(
+        name="tiny_fresh", seeds=[3, 4, 5], confirms="tiny",
+        eval={"protocols": ["knn", "linear", "limited", "tsne"], "limit": 100, "seeds": [0], "tsne_points": 30},
+        predictions=[{"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "higher"},
+                     {"comparison": "small: DoGo - alone", "protocol": "limited", "setting": "10% labels",
+                      "expect": "lower"},
+                     {"comparison": "small: DoGo - alone", "protocol": "limited", "setting": "1% labels",
+                      "expect": "lower"}])
+    return tiny_grid_data(**{**data, **changes})
+
+
+def test_a_confirmation_grid_reports_each_prediction_beside_the_grid_it_confirms(three_seeds):
+    _, explored_folder, _ = three_seeds
+    (explored_folder / "alone-s3.json").unlink()  # the fixture's stale file: not the tiny grid's
+    grid = load_grid(data=fresh_grid_data())
+    folder = explored_folder.parent / "tiny_fresh"
+    folder.mkdir()
+    knn = {3: (50.0, 53.0), 4: (51.0, 55.0), 5: (52.0, 54.0)}  # d = (3, 4, 2): mean 3, sd 1
+    limited = {3: 1.0, 4: -1.0, 5: 0.0}  # d: mean 0, sd 1
+    for seed in (3, 4, 5):
+        records = {"alone": fake_record(grid, "alone", seed, {"small": knn[seed][0]}, {"small": (40.0, 40.0)}),
+                   "dogo": fake_record(grid, "dogo", seed, {"small": knn[seed][1], "large": 60.0},
+                                       {"small": (40.0 + limited[seed],) * 2, "large": (50.0, 50.0)})}
+        for cell, record in records.items():
+            (folder / f"{cell}-s{seed}.json").write_text(json.dumps(record))
+    results = load_results(folder, grid)
+    table = predictions_table(results)
+    assert table.splitlines() == [
+        "Predictions written in `tiny_fresh`'s grid file before its seeds ran: 1 of 3 confirmed, 1 not confirmed, "
+        "0 pending (confirmed: the 95 % interval on the predicted side of 0, or containing 0 where no difference "
+        "was predicted).",
+        "",
+        "| comparison | measure | predicted | before (`tiny`, seeds 0, 1, 2) | these seeds | verdict |",
+        "|---|---|---|---:|---:|---|",
+        # before: the tiny grid's d = (2, 3, 4) and (1, 1.5, 2); half widths t_{0.975,2} / sqrt(3) and half that
+        "| small: DoGo - alone | knn k=200 T=0.1 | higher | +3.00 [+0.52, +5.48] | +3.00 [+0.52, +5.48] | confirmed |",
+        "| small: DoGo - alone | limited 10% labels | lower | +1.50 [+0.26, +2.74] | +0.00 [-2.48, +2.48] | "
+        "not confirmed: within noise |",
+        "| small: DoGo - alone | limited 1% labels | lower | n/a | n/a | no measure limited '1% labels' in the "
+        "results (its settings: '10% labels') |",
+    ]
+    assert readme_block(results).endswith(table)
+    # a missing seed: no verdict yet
+    (folder / "dogo-s5.json").unlink()
+    checks = prediction_checks(load_results(folder, grid))
+    assert [c["verdict"] for c in checks[:2]] == ["pending (2 of 3 seeds)"] * 2
+    # without the confirmed grid's results the column says so, and the rest stands
+    shutil.rmtree(explored_folder)
+    assert "before (`tiny` (no results found))" in predictions_table(load_results(folder, grid))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"predictions": [{"comparison": "small: DoGo - alon", "protocol": "knn", "expect": "higher"}]},
+     "predictions[0].comparison: no comparison labelled 'small: DoGo - alon'; the grid's are 'small: DoGo - alone'"),
+    ({"predictions": [{"comparison": "small: DoGo - alone", "protocol": "noisy", "expect": "higher"}]},
+     "predictions[0].protocol: 'noisy' is not one of the grid's protocols (knn, linear, limited, tsne)"),
+    ({"predictions": [{"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "up"}]},
+     "predictions[0].expect"),
+    ({"predictions": [{"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "higher"}] * 2},
+     "predictions[1]: 'small: DoGo - alone' on knn is predicted twice"),
+    ({"predictions": [{"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "higher", "seting": "x"}]},
+     "predictions[0]"),
+    ({"predictions": [{"comparison": "small: DoGo - alone", "protocol": "knn"}]},
+     "predictions[0].expect: missing (it has no default)"),
+    ({"compare": [{"label": "x", "baseline": "alone/small"}]}, "compare[0].treatment: missing (it has no default)"),
+    ({"cells": [{"name": "alone", "overrides": []}]}, "cells[0].config: missing (it has no default)"),
+    ({"confirms": "tiny_fresh"}, "confirms: a grid confirms another grid's findings, not its own"),
+    ({"confirms": "../tiny"}, "confirms: '../tiny' must be letters"),
+])
+def test_bad_predictions_fail_at_load_naming_the_key(change, message):
+    with pytest.raises(ConfigError) as info:
+        load_grid(data=fresh_grid_data(**change))
+    assert message in str(info.value)
