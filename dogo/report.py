@@ -350,10 +350,13 @@ def _side(d: PairedDifference) -> str:
 
 def prediction_verdict(expect: str, d: PairedDifference | None, seeds_wanted: int) -> str:
     """Whether a prediction held: "confirmed" when the 95 % interval lies on the predicted side of 0
-    (or contains 0, for ``within_noise``); "pending" until every seed of the grid is in."""
+    (or contains 0, for ``within_noise``); "pending" until every seed of the grid is in; no verdict from
+    fewer than ``MIN_SEEDS`` seeds, whose intervals are not meaningful."""
     n = 0 if d is None else d.n
-    if n < max(seeds_wanted, 2):
-        return f"pending ({n} of {max(seeds_wanted, 2)} seeds)"
+    if n < seeds_wanted:
+        return f"pending ({n} of {seeds_wanted} seeds)"
+    if n < MIN_SEEDS:
+        return f"no verdict from {n} seed{'s' if n != 1 else ''}: at least {MIN_SEEDS} are needed"
     side = _side(d)
     if side == expect:
         return "confirmed"
@@ -438,9 +441,11 @@ def predictions_table(results: Results) -> str | None:
         lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | "
                      f"{interval(c['explored'], c['metric'])} | {interval(c['difference'], c['metric'])} | "
                      f"{c['verdict']} |")
-    counts = {kind: sum(c["verdict"].startswith(kind) for c in checks) for kind in ("confirmed", "not confirmed", "pending")}
+    counts = {kind: sum(c["verdict"].startswith(kind) for c in checks)
+              for kind in ("confirmed", "not confirmed", "pending", "no verdict")}
+    unread = f", {counts['no verdict']} without a verdict" if counts["no verdict"] else ""
     head = (f"Predictions written in `{spec.name}`'s grid file before its seeds ran: {counts['confirmed']} of "
-            f"{len(checks)} confirmed, {counts['not confirmed']} not confirmed, {counts['pending']} pending "
+            f"{len(checks)} confirmed, {counts['not confirmed']} not confirmed, {counts['pending']} pending{unread} "
             "(confirmed: the 95 % interval on the predicted side of 0, or containing 0 where no difference was "
             "predicted).")
     return head + "\n\n" + "\n".join(lines)

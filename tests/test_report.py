@@ -377,10 +377,14 @@ def test_prediction_verdicts_on_hand_made_intervals():
         "not confirmed: lower, the opposite", "not confirmed: within noise", "confirmed"]
     assert [prediction_verdict("within_noise", d, 5) for d in (below, around, above)] == [
         "not confirmed: lower", "confirmed", "not confirmed: higher"]
-    # no verdict before every seed is in, nor from one seed, nor without a result
+    # no verdict before every seed is in, nor without a result, nor from fewer than 3 seeds
     assert prediction_verdict("lower", PairedDifference(-2.0, -3.0, -1.0, 4), 5) == "pending (4 of 5 seeds)"
-    assert prediction_verdict("lower", PairedDifference(-2.0, math.nan, math.nan, 1), 1) == "pending (1 of 2 seeds)"
     assert prediction_verdict("lower", None, 3) == "pending (0 of 3 seeds)"
+    assert prediction_verdict("lower", PairedDifference(-2.0, math.nan, math.nan, 1), 1) == \
+        "no verdict from 1 seed: at least 3 are needed"
+    assert prediction_verdict("lower", below, 2) == "confirmed" and below.n == 5
+    assert prediction_verdict("lower", PairedDifference(-2.0, -9.0, -1.0, 2), 2) == \
+        "no verdict from 2 seeds: at least 3 are needed"
 
 
 def fresh_grid_data(**changes) -> dict:
@@ -427,6 +431,11 @@ def test_a_confirmation_grid_reports_each_prediction_beside_the_grid_it_confirms
         "results (its settings: '10% labels') |",
     ]
     assert readme_block(results).endswith(table)
+    # a reading of two of the seeds gives no verdict
+    two = prediction_checks(load_results(folder, grid, seeds=[3, 4]))
+    assert [c["verdict"] for c in two[:2]] == ["no verdict from 2 seeds: at least 3 are needed"] * 2
+    assert "0 of 3 confirmed, 0 not confirmed, 0 pending, 2 without a verdict" in \
+        predictions_table(load_results(folder, grid, seeds=[3, 4]))
     # a missing seed: no verdict yet
     (folder / "dogo-s5.json").unlink()
     checks = prediction_checks(load_results(folder, grid))
