@@ -3,8 +3,8 @@
     python benchmarks/tiny_grid.py configs/grids/gpu_fmnist_r18_r50.yaml /tmp/tiny.yaml
 
 The same cells and comparisons, with every peer replaced by a small CNN (width 4, 8, ...), 256 training
-images, one epoch, the first seed only, and kNN, linear probe and t-SNE on 100 images; the grid is
-named NAME_tiny so that its results never mix with the real ones.
+images, one epoch, the first seed only, and kNN, linear probe and t-SNE on 100 images (and the
+predictions on those); the grid is named NAME_tiny so that its results never mix with the real ones.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def tiny_grid(source: str | Path) -> dict:
     data["name"] = f"{grid.name}_tiny"
     data["seeds"] = grid.spec.seeds[:1]
     data["eval"] = dict(TINY_EVAL)
+    # predictions on protocols the tiny evaluation does not run are left out (the grid would refuse them)
+    data["predictions"] = [p for p in data.get("predictions", []) if p["protocol"] in TINY_EVAL["protocols"]]
     for cell in data["cells"]:
         peers = grid.config(cell["name"], grid.spec.seeds[0]).peers
         small = [f"peers.{i}.{key}={value}" for i in range(len(peers))

@@ -425,7 +425,7 @@ def predictions_table(results: Results) -> str | None:
     spec = results.grid.spec
     explored = _confirmed_results(results)
     source = (f"`{spec.confirms}`, seeds {', '.join(map(str, explored.seeds))}" if explored is not None
-              else f"`{spec.confirms}` (no results found)" if spec.confirms else "none")
+              else f"`{spec.confirms}` (no results found)")
 
     def interval(d: PairedDifference | None, metric: str) -> str:
         if d is None:
@@ -434,13 +434,14 @@ def predictions_table(results: Results) -> str | None:
             return f"{_fmt(d.mean, metric, True)} (1 seed)"
         return f"{_fmt(d.mean, metric, True)} [{_fmt(d.low, metric, True)}, {_fmt(d.high, metric, True)}]"
 
-    lines = [f"| comparison | measure | predicted | before ({source}) | these seeds | verdict |",
-             "|---|---|---|---:|---:|---|"]
+    before = bool(spec.confirms)  # a grid that confirms none (predictions from elsewhere) has no "before" column
+    lines = ["| comparison | measure | predicted | " + (f"before ({source}) | " if before else "")
+             + "these seeds | verdict |", "|---|---|---|" + ("---:|" if before else "") + "---:|---|"]
     for c in checks:
         measure = f"{c['protocol']} {c['setting']}".strip()
-        lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | "
-                     f"{interval(c['explored'], c['metric'])} | {interval(c['difference'], c['metric'])} | "
-                     f"{c['verdict']} |")
+        earlier = f"{interval(c['explored'], c['metric'])} | " if before else ""
+        lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | {earlier}"
+                     f"{interval(c['difference'], c['metric'])} | {c['verdict']} |")
     counts = {kind: sum(c["verdict"].startswith(kind) for c in checks)
               for kind in ("confirmed", "not confirmed", "pending", "no verdict")}
     unread = f", {counts['no verdict']} without a verdict" if counts["no verdict"] else ""

@@ -483,6 +483,7 @@ def test_tiny_variant_of_the_gpu_study_grid():
         cfg = grid.config(cell.name, 0)
         assert {p.backbone for p in cfg.peers} == {"cnn"} and cfg.data.limit == 256 and cfg.train.epochs == 1
     assert [p.name for p in grid.config("r18_r50", 0).peers] == ["r18", "r50"]
+    assert [p.protocol for p in grid.spec.predictions] == ["knn", "linear"]  # those the tiny evaluation runs
 
 
 @pytest.mark.slow

@@ -443,6 +443,13 @@ def test_a_confirmation_grid_reports_each_prediction_beside_the_grid_it_confirms
     # without the confirmed grid's results the column says so, and the rest stands
     shutil.rmtree(explored_folder)
     assert "before (`tiny` (no results found))" in predictions_table(load_results(folder, grid))
+    # predictions that confirm no grid (from a paper, say): no "before" column
+    alone = load_grid(data=fresh_grid_data(confirms=""))
+    lines = predictions_table(load_results(folder, alone)).splitlines()
+    # (seed 5 of dogo was removed above: d = (3, 4), half width t_{0.975,1} / sqrt(2) * sqrt(1/2) = 6.35)
+    assert lines[2:5] == ["| comparison | measure | predicted | these seeds | verdict |", "|---|---|---|---:|---|",
+                          "| small: DoGo - alone | knn k=200 T=0.1 | higher | +3.50 [-2.85, +9.85] | "
+                          "pending (2 of 3 seeds) |"]
 
 
 @pytest.mark.parametrize("change, message", [
