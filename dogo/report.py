@@ -384,10 +384,13 @@ def _difference(series: dict, baseline: tuple, treatment: tuple) -> PairedDiffer
 def prediction_checks(results: Results) -> list[dict[str, Any]]:
     """Each of the grid's predictions: its measure, its paired difference on these seeds, the same
     comparison on the results of the grid it confirms (its cells of the same names), and the verdict."""
+    return _prediction_checks(results, _confirmed_results(results))
+
+
+def _prediction_checks(results: Results, explored: Results | None) -> list[dict[str, Any]]:
     spec = results.grid.spec if results.grid else None
     if spec is None or not spec.predictions:
         return []
-    explored = _confirmed_results(results)
     here = _series(main_rows(results.table))
     there = _series(main_rows(explored.table)) if explored is not None else {}
     pairs = {pair.label: pair for pair in spec.compare}
@@ -419,11 +422,11 @@ def prediction_checks(results: Results) -> list[dict[str, Any]]:
 
 def predictions_table(results: Results) -> str | None:
     """Markdown: each prediction, the interval that suggested it, the fresh seeds' interval, the verdict."""
-    checks = prediction_checks(results)
-    if not checks:
+    if results.grid is None or not results.grid.spec.predictions:
         return None
+    explored = _confirmed_results(results)  # read once, for the column and its header
+    checks = _prediction_checks(results, explored)
     spec = results.grid.spec
-    explored = _confirmed_results(results)
     source = (f"`{spec.confirms}`, seeds {', '.join(map(str, explored.seeds))}" if explored is not None
               else f"`{spec.confirms}` (no results found)")
 
