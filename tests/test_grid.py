@@ -381,7 +381,8 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
-                                      "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "weight_cnn_confirm.yaml"]
+                                      "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "silhouette_cnn_confirm.yaml",
+                                      "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -423,6 +424,13 @@ def test_committed_grid_files_are_valid():
             assert config_hash(fresh.config(cell.name, seed)) == config_hash(cpu.config(cell.name, seed)), cell.name
             if cell.name != "large_alone":
                 assert config_hash(fresh.config(cell.name, seed)) == config_hash(confirm.config(cell.name, seed))
+    # The silhouette's third batch: three of the confirmation's cells on seeds no earlier grid ran.
+    third = load_grid(REPO / "configs/grids/silhouette_cnn_confirm.yaml")
+    assert third.eval_settings == confirm.eval_settings and third.spec.confirms == "weight_cnn_confirm"
+    assert third.spec.seeds == [10, 11, 12, 13, 14] and not (earlier | set(confirm.spec.seeds)) & set(third.spec.seeds)
+    assert [c.name for c in third.spec.cells] == ["small_alone", "weight_0", "weight_1"]
+    for cell in third.spec.cells:
+        assert config_hash(third.config(cell.name, 10)) == config_hash(confirm.config(cell.name, 10)), cell.name
 
 
 def test_committed_results_are_current():
