@@ -381,8 +381,8 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
-                                      "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "silhouette_cnn_confirm.yaml",
-                                      "weight_cnn_confirm.yaml"]
+                                      "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
+                                      "silhouette_cnn_confirm.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -431,6 +431,23 @@ def test_committed_grid_files_are_valid():
     assert [c.name for c in third.spec.cells] == ["small_alone", "weight_0", "weight_1"]
     for cell in third.spec.cells:
         assert config_hash(third.config(cell.name, 10)) == config_hash(confirm.config(cell.name, 10)), cell.name
+    # The main study's two batches pooled: cpu_fmnist_cnn's cells and evaluation on seeds 0-9, so that every
+    # result of both batches is adopted as it is.
+    pooled = load_grid(REPO / "configs/grids/cpu_fmnist_cnn_10seeds.yaml")
+    assert pooled.eval_settings == cpu.eval_settings and pooled.spec.seeds == cpu.spec.seeds + fresh.spec.seeds
+    assert [c.name for c in pooled.spec.cells] == [c.name for c in cpu.spec.cells]
+    assert pooled.spec.compare == cpu.spec.compare
+    for cell in pooled.spec.cells:
+        for seed in pooled.spec.seeds:
+            assert config_hash(pooled.config(cell.name, seed)) == config_hash(cpu.config(cell.name, seed)), cell.name
+    # The transfer lead's third batch: the main study's small CNN cells on the silhouette batch's seeds,
+    # whose small_alone runs it adopts.
+    transfer = load_grid(REPO / "configs/grids/transfer_cnn_confirm.yaml")
+    assert transfer.eval_settings == cpu.eval_settings and transfer.spec.seeds == third.spec.seeds
+    assert transfer.spec.confirms == pooled.spec.name and [c.name for c in transfer.spec.cells] == ["small_alone", "dogo"]
+    for seed in transfer.spec.seeds:
+        assert config_hash(transfer.config("small_alone", seed)) == config_hash(third.config("small_alone", seed))
+        assert config_hash(transfer.config("dogo", seed)) == config_hash(cpu.config("dogo", seed))
 
 
 def test_committed_results_are_current():
