@@ -382,7 +382,8 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
                                       "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
-                                      "silhouette_cnn_confirm.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_confirm.yaml"]
+                                      "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml",
+                                      "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -448,6 +449,14 @@ def test_committed_grid_files_are_valid():
     for seed in transfer.spec.seeds:
         assert config_hash(transfer.config("small_alone", seed)) == config_hash(third.config("small_alone", seed))
         assert config_hash(transfer.config("dogo", seed)) == config_hash(cpu.config("dogo", seed))
+    # The small CNN's comparison over every seed of the three batches, all adopted.
+    everything = load_grid(REPO / "configs/grids/small_cnn_15seeds.yaml")
+    assert everything.eval_settings == cpu.eval_settings
+    assert everything.spec.seeds == cpu.spec.seeds + fresh.spec.seeds + transfer.spec.seeds
+    assert everything.spec.compare == cpu.spec.compare[:1]
+    for cell in ("small_alone", "dogo"):
+        for seed in everything.spec.seeds:
+            assert config_hash(everything.config(cell, seed)) == config_hash(cpu.config(cell, seed)), cell
 
 
 def test_committed_results_are_current():
