@@ -510,13 +510,13 @@ def readme_block(results: Results) -> str:
     return "\n\n".join(parts)
 
 
-def format_report(results: Results, figures: list[Path] | None = None) -> str:
-    """The whole REPORT.md."""
+def format_report(results: Results, figures: list[Path] | None = None, block: str | None = None) -> str:
+    """The whole REPORT.md; ``block``: its ``readme_block``, when the caller already made it."""
     devices = sorted({r.get("device", "?") for r in results.records})
     versions = sorted({f"dogo {r.get('dogo_version')}, numerics {r.get('numerics_version')}" for r in results.records})
     ladder = sorted({str(r.get("corruption_ladder")) for r in results.records})
     subset = "" if results.only_seeds is None else f" (seeds {', '.join(map(str, results.only_seeds))} only)"
-    parts = [f"# Report: {results.name}{subset}", readme_block(results)]
+    parts = [f"# Report: {results.name}{subset}", readme_block(results) if block is None else block]
     if _differences_style(results):
         parts += ["## Means and every paired difference", means_table(results), comparisons_table(results)]
     details = [f"- devices: {', '.join(devices) or 'none'}", f"- code: {'; '.join(versions) or 'none'}",
@@ -759,13 +759,14 @@ def write_report(results_dir: str | Path, grid: str | Path | None = None, figure
 
     results = load_results(results_dir, grid)
     paths = write_figures(results, figures) if figures is not None else []
-    text = format_report(results, paths)
+    block = readme_block(results)  # made once: it reads the confirmed grid's results, for REPORT.md and README
+    text = format_report(results, paths, block)
     atomic_write_bytes(Path(results_dir) / "REPORT.md", lambda f: f.write(text.encode()))
     if readme is not None:
         readme = Path(readme)
         if not readme.is_file():
             raise DogoError(f"README {readme} does not exist")
-        updated = replace_readme_block(readme.read_text(), results.name, readme_block(results))
+        updated = replace_readme_block(readme.read_text(), results.name, block)
         atomic_write_bytes(readme, lambda f: f.write(updated.encode()))
     return results, text
 
