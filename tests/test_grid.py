@@ -382,8 +382,8 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
                                       "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
-                                      "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml",
-                                      "weight_cnn_confirm.yaml"]
+                                      "noisy_cnn_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
+                                      "transfer_cnn_confirm.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -457,6 +457,14 @@ def test_committed_grid_files_are_valid():
     for cell in ("small_alone", "dogo"):
         for seed in everything.spec.seeds:
             assert config_hash(everything.config(cell, seed)) == config_hash(cpu.config(cell, seed)), cell
+    # The noisy-label lead's fourth batch: the silhouette batch's cells on seeds no earlier grid ran.
+    fourth = load_grid(REPO / "configs/grids/noisy_cnn_confirm.yaml")
+    assert fourth.eval_settings == third.eval_settings and fourth.spec.confirms == third.spec.name
+    assert fourth.spec.seeds == [15, 16, 17, 18, 19] and not set(everything.spec.seeds) & set(fourth.spec.seeds)
+    assert [c.name for c in fourth.spec.cells] == [c.name for c in third.spec.cells]
+    assert fourth.spec.compare == third.spec.compare
+    for cell in fourth.spec.cells:
+        assert config_hash(fourth.config(cell.name, 15)) == config_hash(third.config(cell.name, 15)), cell.name
 
 
 def test_committed_results_are_current():
