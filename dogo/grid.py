@@ -90,6 +90,12 @@ class CompareSpec:
     treatment: str  # "cell/peer"
     label: str = ""
 
+    @property
+    def sides(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """((baseline cell, peer), (treatment cell, peer))."""
+        (bc, _, bp), (tc, _, tp) = self.baseline.partition("/"), self.treatment.partition("/")
+        return (bc, bp), (tc, tp)
+
 
 @dataclass
 class PredictionSpec:

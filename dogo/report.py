@@ -254,7 +254,7 @@ def comparisons(results: Results) -> list[dict[str, Any]]:
     series = _series(table)
     out = []
     for pair in results.grid.spec.compare:
-        (bc, bp), (tc, tp) = pair.baseline.split("/", 1), pair.treatment.split("/", 1)
+        (bc, bp), (tc, tp) = pair.sides
         for protocol, setting, metric in _row_order(table):
             base, treat = series.get((bc, bp, protocol, setting, metric)), series.get((tc, tp, protocol, setting, metric))
             if base is None or treat is None:
@@ -398,7 +398,7 @@ def _prediction_checks(results: Results, explored: Results | None) -> list[dict[
     out = []
     for prediction in spec.predictions:
         pair = pairs[prediction.comparison]
-        (bc, bp), (tc, tp) = pair.baseline.split("/", 1), pair.treatment.split("/", 1)
+        (bc, bp), (tc, tp) = pair.sides
         measures = list(dict.fromkeys((k[3], k[4]) for series in (here, there) for k in series
                                       if k[:3] == (tc, tp, prediction.protocol)))
         found = [m for m in measures if m[0] == prediction.setting or (not prediction.setting and len(measures) == 1)]
@@ -657,7 +657,7 @@ def tsne_panels(results: Results) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     panels = {}
     pairs = results.grid.spec.compare if results.grid else []
     for pair in pairs:
-        (bc, bp), (tc, tp) = pair.baseline.split("/", 1), pair.treatment.split("/", 1)
+        (bc, bp), (tc, tp) = pair.sides
         seeds = [s for s in results.seeds if (bc, s) in by_key and (tc, s) in by_key]
         for cell, peer in ((bc, bp), (tc, tp)):
             stored = by_key[(cell, seeds[0])].get("tsne", {}).get(peer) if seeds else None

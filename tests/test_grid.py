@@ -391,6 +391,7 @@ def test_committed_grid_files_are_valid():
     assert cpu.spec.seeds == [0, 1, 2, 3, 4]
     assert [p.width for p in cpu.config("small_alone", 0).peers] == [16]
     assert [p.width for p in cpu.config("dogo", 3).peers] == [16, 48] and cpu.config("dogo", 3).seed == 3
+    assert cpu.spec.compare[0].sides == (("small_alone", "small"), ("dogo", "small"))
     from dogo.config import baseline_of, load_config
     from dogo.quickstart import DEFAULT_CONFIG
 
