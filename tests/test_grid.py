@@ -383,7 +383,7 @@ def test_committed_grid_files_are_valid():
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
                                       "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
                                       "noisy_cnn_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
-                                      "transfer_cnn_confirm.yaml", "weight_cnn_confirm.yaml"]
+                                      "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -466,6 +466,14 @@ def test_committed_grid_files_are_valid():
     assert fourth.spec.compare == third.spec.compare
     for cell in fourth.spec.cells:
         assert config_hash(fourth.config(cell.name, 15)) == config_hash(third.config(cell.name, 15)), cell.name
+    # Weight 0 and weight 1 beside the small CNN alone over the four batches, all adopted.
+    weights = load_grid(REPO / "configs/grids/weight_cnn_20seeds.yaml")
+    assert weights.eval_settings == cpu.eval_settings and weights.spec.compare == third.spec.compare
+    assert weights.spec.seeds == follow_up.spec.seeds + confirm.spec.seeds + third.spec.seeds + fourth.spec.seeds
+    batches = {seed: batch for batch in (follow_up, confirm, third, fourth) for seed in batch.spec.seeds}
+    for cell in weights.spec.cells:
+        for seed in weights.spec.seeds:
+            assert config_hash(weights.config(cell.name, seed)) == config_hash(batches[seed].config(cell.name, seed))
 
 
 def test_committed_results_are_current():
