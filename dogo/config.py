@@ -51,6 +51,9 @@ class AugmentConfig:
     simsiam_grayscale_twice: bool = False
     blur: bool | None = None  # None: only at image_size >= 224, as in SimCLR
     share_views: bool = False  # True: all peers see the same two views (the method gives each its own)
+    # Another stream of random views with everything else equal (initial weights, data order): two runs
+    # that differ only here differ by chance alone, the null comparison of a paired study.
+    view_seed: int = field(default=0, metadata=validate(ge=0))
 
 
 @dataclass
@@ -370,7 +373,7 @@ SPEED_ONLY = ("train.compile", "train.compile_mode", "train.compile_scope", "tra
               "train.channels_last")
 # Settings added after results were recorded, with the value that reproduces the earlier behaviour: a
 # config hash leaves them out at that value, so adding a setting does not make every result stale.
-ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model"}
+ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model", "augment.view_seed": 0}
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

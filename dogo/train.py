@@ -172,7 +172,7 @@ class Trainer:
                                   "cannot; use 'model' under torchrun")
             self.forward_losses = torch.compile(self._forward_losses, mode=cfg.train.compile_mode)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * dist_utils.rank())
+        self.generator = torch.Generator(device=self.device).manual_seed(self._view_seed())
         self.order_generator = torch.Generator().manual_seed(cfg.seed)
 
         self.epoch = 0
@@ -216,6 +216,10 @@ class Trainer:
         if t.compile and t.compile_scope == "model":
             module = torch.compile(module, mode=t.compile_mode)
         return Peer(p.name, model, optimizer, scheduler, augment, p.distill_weight, module)
+
+    def _view_seed(self) -> int:
+        """Seed of this process's view generator: distinct per training seed, process and ``augment.view_seed``."""
+        return self.cfg.seed + 1000 * dist_utils.rank() + 1_000_003 * self.cfg.augment.view_seed
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.cfg.train.amp
@@ -346,7 +350,7 @@ class Trainer:
         if dist_utils.rank() == 0:
             self.generator.set_state(rng["generator"])
         else:  # only rank 0's view generator is saved; other ranks draw fresh, distinct views
-            self.generator.manual_seed(self.cfg.seed + 1000 * dist_utils.rank() + self.global_step)
+            self.generator.manual_seed(self._view_seed() + self.global_step)
         self.order_generator.set_state(rng["order_generator"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
