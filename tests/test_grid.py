@@ -382,8 +382,9 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
                                       "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
-                                      "noisy_cnn_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
-                                      "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml"]
+                                      "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "silhouette_cnn_confirm.yaml",
+                                      "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml",
+                                      "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -474,6 +475,15 @@ def test_committed_grid_files_are_valid():
     for cell in weights.spec.cells:
         for seed in weights.spec.seeds:
             assert config_hash(weights.config(cell.name, seed)) == config_hash(batches[seed].config(cell.name, seed))
+    # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
+    null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
+    assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
+    for seed in null.spec.seeds:
+        alone, other = null.config("small_alone", seed), null.config("small_alone_views", seed)
+        assert config_hash(alone) == config_hash(weights.config("small_alone", seed))
+        assert other.augment.view_seed == 1 and config_hash(other) != config_hash(alone)
+        other.augment.view_seed = 0
+        assert config_hash(other) == config_hash(alone)
 
 
 def test_committed_results_are_current():
