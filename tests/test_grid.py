@@ -380,11 +380,11 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
 
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
-    assert [f.name for f in files] == ["ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml",
-                                      "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
-                                      "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "silhouette_cnn_confirm.yaml",
-                                      "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml",
-                                      "weight_cnn_confirm.yaml"]
+    assert [f.name for f in files] == [
+        "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml", "cpu_fmnist_cnn_10seeds.yaml",
+        "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "noisy_cnn_confirm.yaml",
+        "null_small_cnn.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml",
+        "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -475,6 +475,14 @@ def test_committed_grid_files_are_valid():
     for cell in weights.spec.cells:
         for seed in weights.spec.seeds:
             assert config_hash(weights.config(cell.name, seed)) == config_hash(batches[seed].config(cell.name, seed))
+    # The linear-probe lead's fifth batch: the same three cells on seeds none of the twenty ran.
+    fifth = load_grid(REPO / "configs/grids/linear_cnn_confirm.yaml")
+    assert fifth.eval_settings == cpu.eval_settings and fifth.spec.confirms == weights.spec.name
+    assert fifth.spec.seeds == [20, 21, 22, 23, 24] and not set(weights.spec.seeds) & set(fifth.spec.seeds)
+    assert [c.name for c in fifth.spec.cells] == [c.name for c in weights.spec.cells]
+    assert fifth.spec.compare == weights.spec.compare
+    for cell in fifth.spec.cells:
+        assert config_hash(fifth.config(cell.name, 20)) == config_hash(weights.config(cell.name, 20)), cell.name
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
