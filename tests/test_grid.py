@@ -383,8 +383,8 @@ def test_committed_grid_files_are_valid():
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml", "cpu_fmnist_cnn_10seeds.yaml",
         "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "noisy_cnn_confirm.yaml",
-        "null_small_cnn.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml",
-        "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml"]
+        "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
+        "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -492,6 +492,17 @@ def test_committed_grid_files_are_valid():
         assert other.augment.view_seed == 1 and config_hash(other) != config_hash(alone)
         other.augment.view_seed = 0
         assert config_hash(other) == config_hash(alone)
+    # Its check: the same two cells (adopted) and a third stream of views.
+    views = load_grid(REPO / "configs/grids/null_views_confirm.yaml")
+    assert views.eval_settings == cpu.eval_settings and views.spec.seeds == null.spec.seeds
+    assert views.spec.confirms == null.spec.name
+    for seed in views.spec.seeds:
+        for cell in ("small_alone", "small_alone_views"):
+            assert config_hash(views.config(cell, seed)) == config_hash(null.config(cell, seed))
+        third_stream = views.config("small_alone_views2", seed)
+        assert third_stream.augment.view_seed == 2
+        third_stream.augment.view_seed = 0
+        assert config_hash(third_stream) == config_hash(null.config("small_alone", seed))
 
 
 def test_committed_results_are_current():
