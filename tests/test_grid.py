@@ -378,6 +378,24 @@ def test_bad_cells_give_one_clear_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: grid file {str(tmp_path / 'missing.yaml')!r} does not exist"
 
 
+def assert_same_cells_on_fresh_seeds(batch, source, seeds, earlier_seeds):
+    """A confirmation batch: ``source``'s cells, comparisons and evaluation on ``seeds``, none of them
+    among ``earlier_seeds``, confirming ``source``."""
+    assert batch.eval_settings == source.eval_settings and batch.spec.confirms == source.spec.name
+    assert batch.spec.seeds == seeds and not set(earlier_seeds) & set(seeds)
+    assert [c.name for c in batch.spec.cells] == [c.name for c in source.spec.cells]
+    assert batch.spec.compare == source.spec.compare
+    for cell in batch.spec.cells:
+        assert config_hash(batch.config(cell.name, seeds[0])) == config_hash(source.config(cell.name, seeds[0])), cell.name
+
+
+def assert_only_the_views_differ(cfg, view_seed, alone):
+    """``cfg`` is ``alone`` with another stream of views (``augment.view_seed``), another experiment."""
+    assert cfg.augment.view_seed == view_seed and config_hash(cfg) != config_hash(alone)
+    cfg.augment.view_seed = 0
+    assert config_hash(cfg) == config_hash(alone)
+
+
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
@@ -461,12 +479,7 @@ def test_committed_grid_files_are_valid():
             assert config_hash(everything.config(cell, seed)) == config_hash(cpu.config(cell, seed)), cell
     # The noisy-label lead's fourth batch: the silhouette batch's cells on seeds no earlier grid ran.
     fourth = load_grid(REPO / "configs/grids/noisy_cnn_confirm.yaml")
-    assert fourth.eval_settings == third.eval_settings and fourth.spec.confirms == third.spec.name
-    assert fourth.spec.seeds == [15, 16, 17, 18, 19] and not set(everything.spec.seeds) & set(fourth.spec.seeds)
-    assert [c.name for c in fourth.spec.cells] == [c.name for c in third.spec.cells]
-    assert fourth.spec.compare == third.spec.compare
-    for cell in fourth.spec.cells:
-        assert config_hash(fourth.config(cell.name, 15)) == config_hash(third.config(cell.name, 15)), cell.name
+    assert_same_cells_on_fresh_seeds(fourth, third, [15, 16, 17, 18, 19], everything.spec.seeds)
     # Weight 0 and weight 1 beside the small CNN alone over the four batches, all adopted.
     weights = load_grid(REPO / "configs/grids/weight_cnn_20seeds.yaml")
     assert weights.eval_settings == cpu.eval_settings and weights.spec.compare == third.spec.compare
@@ -477,21 +490,14 @@ def test_committed_grid_files_are_valid():
             assert config_hash(weights.config(cell.name, seed)) == config_hash(batches[seed].config(cell.name, seed))
     # The linear-probe lead's fifth batch: the same three cells on seeds none of the twenty ran.
     fifth = load_grid(REPO / "configs/grids/linear_cnn_confirm.yaml")
-    assert fifth.eval_settings == cpu.eval_settings and fifth.spec.confirms == weights.spec.name
-    assert fifth.spec.seeds == [20, 21, 22, 23, 24] and not set(weights.spec.seeds) & set(fifth.spec.seeds)
-    assert [c.name for c in fifth.spec.cells] == [c.name for c in weights.spec.cells]
-    assert fifth.spec.compare == weights.spec.compare
-    for cell in fifth.spec.cells:
-        assert config_hash(fifth.config(cell.name, 20)) == config_hash(weights.config(cell.name, 20)), cell.name
+    assert_same_cells_on_fresh_seeds(fifth, weights, [20, 21, 22, 23, 24], weights.spec.seeds)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
     for seed in null.spec.seeds:
         alone, other = null.config("small_alone", seed), null.config("small_alone_views", seed)
         assert config_hash(alone) == config_hash(weights.config("small_alone", seed))
-        assert other.augment.view_seed == 1 and config_hash(other) != config_hash(alone)
-        other.augment.view_seed = 0
-        assert config_hash(other) == config_hash(alone)
+        assert_only_the_views_differ(other, 1, alone)
     # Its check: the same two cells (adopted) and a third stream of views.
     views = load_grid(REPO / "configs/grids/null_views_confirm.yaml")
     assert views.eval_settings == cpu.eval_settings and views.spec.seeds == null.spec.seeds
@@ -499,10 +505,7 @@ def test_committed_grid_files_are_valid():
     for seed in views.spec.seeds:
         for cell in ("small_alone", "small_alone_views"):
             assert config_hash(views.config(cell, seed)) == config_hash(null.config(cell, seed))
-        third_stream = views.config("small_alone_views2", seed)
-        assert third_stream.augment.view_seed == 2
-        third_stream.augment.view_seed = 0
-        assert config_hash(third_stream) == config_hash(null.config("small_alone", seed))
+        assert_only_the_views_differ(views.config("small_alone_views2", seed), 2, null.config("small_alone", seed))
 
 
 def test_committed_results_are_current():
