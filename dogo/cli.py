@@ -7,6 +7,7 @@
     dogo notebooks [--smoke]                                         # run the notebooks with papermill
     dogo grid configs/grids/cpu_fmnist_cnn.yaml [--dry-run]          # a resumable reproduction grid
     dogo report results/cpu_fmnist_cnn [--readme README.md]          # its tables, intervals and figures
+    dogo ledger [--readme README.md]                                 # every grid's predictions and verdicts
 
 User mistakes (bad config, missing data, broken checkpoint) print one ``error:`` line and exit 2.
 """
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import report
 
     report.add_arguments(sub.add_parser("report", help="tables, paired differences and figures of a grid's results"))
+    from . import ledger
+
+    ledger.add_arguments(sub.add_parser("ledger", help="every prediction of the grid files, with its verdict"))
     return parser
 
 

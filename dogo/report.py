@@ -420,6 +420,15 @@ def _prediction_checks(results: Results, explored: Results | None) -> list[dict[
     return out
 
 
+def format_interval(d: PairedDifference | None, metric: str) -> str:
+    """``+1.23 [+0.45, +2.01]``: a paired difference and its 95 % interval, as the predictions tables show it."""
+    if d is None:
+        return "n/a"
+    if d.n < 2:
+        return f"{_fmt(d.mean, metric, True)} (1 seed)"
+    return f"{_fmt(d.mean, metric, True)} [{_fmt(d.low, metric, True)}, {_fmt(d.high, metric, True)}]"
+
+
 def predictions_table(results: Results) -> str | None:
     """Markdown: each prediction, the interval that suggested it, the fresh seeds' interval, the verdict."""
     if results.grid is None or not results.grid.spec.predictions:
@@ -430,21 +439,14 @@ def predictions_table(results: Results) -> str | None:
     source = (f"`{spec.confirms}`, seeds {', '.join(map(str, explored.seeds))}" if explored is not None
               else f"`{spec.confirms}` (no results found)")
 
-    def interval(d: PairedDifference | None, metric: str) -> str:
-        if d is None:
-            return "n/a"
-        if d.n < 2:
-            return f"{_fmt(d.mean, metric, True)} (1 seed)"
-        return f"{_fmt(d.mean, metric, True)} [{_fmt(d.low, metric, True)}, {_fmt(d.high, metric, True)}]"
-
     before = bool(spec.confirms)  # a grid that confirms none (predictions from elsewhere) has no "before" column
     lines = ["| comparison | measure | predicted | " + (f"before ({source}) | " if before else "")
              + "these seeds | verdict |", "|---|---|---|" + ("---:|" if before else "") + "---:|---|"]
     for c in checks:
         measure = f"{c['protocol']} {c['setting']}".strip()
-        earlier = f"{interval(c['explored'], c['metric'])} | " if before else ""
+        earlier = f"{format_interval(c['explored'], c['metric'])} | " if before else ""
         lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | {earlier}"
-                     f"{interval(c['difference'], c['metric'])} | {c['verdict']} |")
+                     f"{format_interval(c['difference'], c['metric'])} | {c['verdict']} |")
     counts = {kind: sum(c["verdict"].startswith(kind) for c in checks)
               for kind in ("confirmed", "not confirmed", "pending", "no verdict")}
     unread = f", {counts['no verdict']} without a verdict" if counts["no verdict"] else ""
@@ -741,7 +743,11 @@ def readme_blocks(text: str) -> dict[str, str]:
 
 def replace_readme_block(text: str, name: str, block: str) -> str:
     """``text`` with the content between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->`` replaced."""
-    start, end = _markers(name)
+    return replace_between_markers(text, *_markers(name), block)
+
+
+def replace_between_markers(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with the content between the lines ``start`` and ``end`` replaced by ``block``."""
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
         raise DogoError(f"the README has no block {start} ... {end}; add both markers where the table should go")
@@ -817,4 +823,4 @@ def _command(args: argparse.Namespace) -> int:
 __all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
            "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table",
            "differences_matrix", "intervals_excluding_zero", "chance_line",
-           "prediction_checks", "prediction_verdict", "predictions_table"]
+           "prediction_checks", "prediction_verdict", "predictions_table", "format_interval", "replace_between_markers"]

@@ -400,8 +400,9 @@ def fresh_grid_data(**changes) -> dict:
     return tiny_grid_data(**{**data, **changes})
 
 
-def test_a_confirmation_grid_reports_each_prediction_beside_the_grid_it_confirms(three_seeds):
-    _, explored_folder, _ = three_seeds
+def write_fresh_results(explored_folder):
+    """The results of ``fresh_grid_data``'s grid beside the tiny grid's (``three_seeds``, its stale file
+    removed): small CNN kNN d = (3, 4, 2), 10 % labels d = (1, -1, 0). Returns the grid and the folder."""
     (explored_folder / "alone-s3.json").unlink()  # the fixture's stale file: not the tiny grid's
     grid = load_grid(data=fresh_grid_data())
     folder = explored_folder.parent / "tiny_fresh"
@@ -414,6 +415,12 @@ def test_a_confirmation_grid_reports_each_prediction_beside_the_grid_it_confirms
                                        {"small": (40.0 + limited[seed],) * 2, "large": (50.0, 50.0)})}
         for cell, record in records.items():
             (folder / f"{cell}-s{seed}.json").write_text(json.dumps(record))
+    return grid, folder
+
+
+def test_a_confirmation_grid_reports_each_prediction_beside_the_grid_it_confirms(three_seeds):
+    _, explored_folder, _ = three_seeds
+    grid, folder = write_fresh_results(explored_folder)
     results = load_results(folder, grid)
     table = predictions_table(results)
     assert table.splitlines() == [

@@ -1,0 +1,149 @@
+"""The study's ledger: every prediction a grid file wrote down before its seeds ran, and what became of it.
+
+A confirmation grid (``predictions:`` in ``configs/grids/*.yaml``) states which paired differences its
+fresh seeds should show: ``lower``, ``higher`` or ``within_noise``. Each grid's own report judges its
+predictions (``dogo.report.prediction_checks``); the ledger gathers those same verdicts from every grid
+into one table, so a reader sees all that the study predicted, the failures included, in one place.
+
+    dogo ledger                         # print the table
+    dogo ledger --readme README.md      # and rewrite the block between <!-- ledger --> and <!-- /ledger -->
+
+Rows follow the order of the grids' report blocks in the README (the order the study ran them); grids
+without a block come last, by name. Directional predictions and "within noise" ones (controls) are
+counted apart: a directional prediction is confirmed only when its 95 % interval excludes 0 on the
+predicted side, while a control holds whenever its interval contains 0, which fewer seeds make easier.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .errors import DogoError
+from .grid import REPO, Grid, load_grid
+from .report import format_interval, load_results, prediction_checks, prediction_verdict, readme_blocks
+
+MARKERS = ("<!-- ledger -->", "<!-- /ledger -->")
+
+
+def seed_span(seeds: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``: runs of consecutive seeds as ranges."""
+    spans: list[list[int]] = []
+    for s in sorted(set(seeds)):
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def grids_with_predictions(grids_dir: str | Path = REPO / "configs" / "grids",
+                           order: list[str] | None = None) -> list[Grid]:
+    """The grid files of ``grids_dir`` that make predictions: those named in ``order`` first, in its
+    order, then the others by name."""
+    grids = [load_grid(p) for p in sorted(Path(grids_dir).glob("*.yaml"))]
+    grids = [g for g in grids if g.spec.predictions]
+    rank = {name: i for i, name in enumerate(order or [])}
+    return sorted(grids, key=lambda g: (rank.get(g.name, len(rank)), g.name))
+
+
+def ledger_rows(grids: list[Grid], results_root: str | Path = REPO / "results") -> list[dict[str, Any]]:
+    """One row per prediction: its grid and seeds, the comparison and measure, what was predicted, the
+    fresh seeds' paired difference (None before they ran) and the verdict of the grid's own report."""
+    rows = []
+    for grid in grids:
+        folder = Path(results_root) / grid.name
+        has_results = folder.is_dir() and any(folder.glob("*.json"))
+        if has_results:
+            checks = prediction_checks(load_results(folder, grid))
+        else:  # not run anywhere yet: every prediction is waiting for all of its seeds
+            checks = [{"comparison": p.comparison, "protocol": p.protocol, "setting": p.setting,
+                       "expect": p.expect, "metric": "top1", "difference": None,
+                       "verdict": prediction_verdict(p.expect, None, len(grid.spec.seeds))}
+                      for p in grid.spec.predictions]
+        for c in checks:
+            rows.append({"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c})
+    return rows
+
+
+def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return {kind: sum(r["verdict"].startswith(kind) for r in rows)
+            for kind in ("confirmed", "not confirmed", "pending")}
+
+
+def ledger_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: a head line with the counts, then one row per prediction."""
+    directional = [r for r in rows if r["expect"] != "within_noise"]
+    controls = [r for r in rows if r["expect"] == "within_noise"]
+    d, c = _counts(directional), _counts(controls)
+    other = len(rows) - sum(d.values()) - sum(c.values())
+    grids = list(dict.fromkeys(r["grid"] for r in rows))
+    head = (f"{len(rows)} predictions in {len(grids)} grid files, each committed before its seeds ran (the "
+            f"verdicts of each grid's own report). A difference predicted (lower or higher): {d['confirmed']} of "
+            f"{len(directional)} confirmed, {d['not confirmed']} not confirmed, {d['pending']} pending. No "
+            f"difference predicted (controls): {c['confirmed']} of {len(controls)} held, {c['not confirmed']} did "
+            f"not, {c['pending']} pending; a control that holds found no difference on its seeds, which is not "
+            "proof that there is none.")
+    if other:
+        head += f" {other} without a verdict (see the table)."
+    lines = ["| grid | seeds | comparison | measure | predicted | these seeds | verdict |",
+             "|---|---|---|---|---|---:|---|"]
+    for r in rows:
+        measure = f"{r['protocol']} {r['setting']}".strip()
+        lines.append(f"| `{r['grid']}` | {r['seeds']} | {r['comparison']} | {measure} | "
+                     f"{r['expect'].replace('_', ' ')} | {format_interval(r['difference'], r['metric'])} | "
+                     f"{r['verdict']} |")
+    return head + "\n\n" + "\n".join(lines)
+
+
+def readme_order(readme: str | Path) -> list[str]:
+    """The grid names of a README's report blocks, in the order they appear."""
+    return list(readme_blocks(Path(readme).read_text()))
+
+
+def ledger_block(grids_dir: str | Path = REPO / "configs" / "grids", results_root: str | Path = REPO / "results",
+                 readme: str | Path | None = None) -> str:
+    """The ledger as the README shows it (rows in the README's order of report blocks, when given)."""
+    order = readme_order(readme) if readme is not None else None
+    return ledger_table(ledger_rows(grids_with_predictions(grids_dir, order), results_root))
+
+
+# ============================================================================ command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``dogo ledger`` subcommand."""
+    parser.description = ("Every prediction of the grid files (configs/grids/*.yaml), committed before their seeds "
+                          "ran, with the verdict of each grid's report: one table for the whole study.")
+    parser.add_argument("--grids", default=str(REPO / "configs" / "grids"), metavar="DIR",
+                        help="where the grid files are (default configs/grids)")
+    parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
+                        help="where the result folders are (default results/)")
+    parser.add_argument("--readme", default=None, metavar="README.md",
+                        help="order the rows as the README's report blocks and rewrite the block between "
+                             f"{MARKERS[0]} and {MARKERS[1]} in place")
+    parser.set_defaults(func=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    from .report import replace_between_markers
+    from .runlog import atomic_write_bytes
+
+    if args.readme is not None and not Path(args.readme).is_file():
+        raise DogoError(f"README {args.readme} does not exist")
+    if not Path(args.grids).is_dir():
+        raise DogoError(f"grid folder {args.grids} does not exist")
+    text = Path(args.readme).read_text() if args.readme is not None else None
+    if text is not None:
+        replace_between_markers(text, *MARKERS, "")  # no markers: say so before reading every result
+    block = ledger_block(args.grids, args.results, args.readme)
+    if text is not None:
+        updated = replace_between_markers(text, *MARKERS, block)
+        atomic_write_bytes(Path(args.readme), lambda f: f.write(updated.encode()))
+    print(block)
+    return 0
+
+
+__all__ = ["ledger_rows", "ledger_table", "ledger_block", "grids_with_predictions", "readme_order", "seed_span",
+           "MARKERS"]

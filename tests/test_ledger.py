@@ -1,0 +1,96 @@
+"""The study's ledger: every grid file's predictions in one table, with the verdicts of each grid's report."""
+
+from __future__ import annotations
+
+import pytest
+
+from dogo.cli import main
+from dogo.grid import REPO
+from dogo.ledger import MARKERS, grids_with_predictions, ledger_block, ledger_rows, ledger_table, seed_span
+
+from .test_grid import tiny_grid_data, write_grid
+from .test_report import fresh_grid_data, three_seeds, write_fresh_results  # noqa: F401 (three_seeds: a fixture)
+
+
+def test_seed_span_writes_runs_of_seeds_as_ranges():
+    assert seed_span([0, 1, 2, 3, 4]) == "0-4"
+    assert seed_span([7, 5, 6, 9, 12, 13]) == "5-7, 9, 12-13"
+    assert seed_span([3]) == "3"
+    assert seed_span([]) == ""
+
+
+@pytest.fixture
+def study(three_seeds, tmp_path):  # noqa: F811 (the imported fixture)
+    """A grid folder with three grid files (one without predictions, one run, one never run) and the
+    result folders of the first two."""
+    _, explored_folder, _ = three_seeds
+    write_fresh_results(explored_folder)
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    write_grid(grids / "tiny.yaml", tiny_grid_data(seeds=[0, 1, 2]))
+    write_grid(grids / "tiny_fresh.yaml", fresh_grid_data())
+    write_grid(grids / "tiny_later.yaml", fresh_grid_data(
+        name="tiny_later", seeds=[6, 7, 8],
+        predictions=[{"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "within_noise"}]))
+    return grids, explored_folder.parent
+
+
+EXPECTED_ROWS = [
+    # tiny_fresh's paired differences, as in test_report's confirmation test
+    "| `tiny_fresh` | 3-5 | small: DoGo - alone | knn k=200 T=0.1 | higher | +3.00 [+0.52, +5.48] | confirmed |",
+    "| `tiny_fresh` | 3-5 | small: DoGo - alone | limited 10% labels | lower | +0.00 [-2.48, +2.48] | "
+    "not confirmed: within noise |",
+    "| `tiny_fresh` | 3-5 | small: DoGo - alone | limited 1% labels | lower | n/a | no measure limited '1% labels' "
+    "in the results (its settings: '10% labels') |",
+    "| `tiny_later` | 6-8 | small: DoGo - alone | knn | within noise | n/a | pending (0 of 3 seeds) |",
+]
+
+
+def test_the_ledger_lists_every_prediction_with_its_grid_verdict(study):
+    grids_dir, results_root = study
+    grids = grids_with_predictions(grids_dir)
+    assert [g.name for g in grids] == ["tiny_fresh", "tiny_later"]  # tiny predicts nothing
+    table = ledger_table(ledger_rows(grids, results_root))
+    lines = table.splitlines()
+    assert lines[0] == (
+        "4 predictions in 2 grid files, each committed before its seeds ran (the verdicts of each grid's own "
+        "report). A difference predicted (lower or higher): 1 of 3 confirmed, 1 not confirmed, 0 pending. No "
+        "difference predicted (controls): 0 of 1 held, 0 did not, 1 pending; a control that holds found no "
+        "difference on its seeds, which is not proof that there is none. 1 without a verdict (see the table).")
+    assert lines[2:4] == ["| grid | seeds | comparison | measure | predicted | these seeds | verdict |",
+                          "|---|---|---|---|---|---:|---|"]
+    assert lines[4:] == EXPECTED_ROWS
+    # the order a README gives: its report blocks first, in their order; the rest by name
+    assert [g.name for g in grids_with_predictions(grids_dir, ["nowhere", "tiny_later"])] == ["tiny_later", "tiny_fresh"]
+
+
+def test_ledger_command_rewrites_the_readme_block_in_the_readme_order(study, tmp_path, capsys):
+    grids_dir, results_root = study
+    readme = tmp_path / "README.md"
+    readme.write_text("# study\n\n<!-- report:tiny_later -->\n<!-- /report:tiny_later -->\n\n"
+                      f"{MARKERS[0]}\nold table\n{MARKERS[1]}\n\n<!-- report:tiny_fresh -->\n<!-- /report:tiny_fresh -->\n")
+    args = ["ledger", "--grids", str(grids_dir), "--results", str(results_root)]
+    assert main([*args, "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    block = text.partition(MARKERS[0] + "\n")[2].partition("\n" + MARKERS[1])[0]
+    assert block == ledger_block(grids_dir, results_root, readme) == capsys.readouterr().out.strip()
+    assert block.splitlines()[4:] == [EXPECTED_ROWS[3], *EXPECTED_ROWS[:3]]  # tiny_later's block comes first
+    assert text.startswith("# study\n") and text.endswith("<!-- /report:tiny_fresh -->\n")
+    # without markers: one error line, the README untouched
+    readme.write_text("# no ledger here\n")
+    assert main([*args, "--readme", str(readme)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: the README has no block {MARKERS[0]} ... {MARKERS[1]}; add both markers where the table should go")
+    assert readme.read_text() == "# no ledger here\n"
+    assert main(["ledger", "--grids", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: grid folder {tmp_path / 'nowhere'} does not exist"
+
+
+def test_committed_readme_ledger_matches_the_grid_files_and_results():
+    """The README's ledger is what `dogo ledger --readme README.md` makes: a prediction added, a result
+    committed or a verdict edited by hand without regenerating it fails here."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    assert MARKERS[0] in text and MARKERS[1] in text, "the README has no ledger block"
+    block = text.partition(MARKERS[0] + "\n")[2].partition("\n" + MARKERS[1])[0].strip()
+    assert block == ledger_block(readme=readme), "the README's ledger is out of date: run dogo ledger --readme README.md"
