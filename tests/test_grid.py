@@ -400,7 +400,8 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml", "cpu_fmnist_cnn_10seeds.yaml",
-        "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "noisy_cnn_confirm.yaml",
+        "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
+        "noisy_cnn_confirm.yaml",
         "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
         "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml"]
     for f in files:
@@ -491,6 +492,14 @@ def test_committed_grid_files_are_valid():
     # The linear-probe lead's fifth batch: the same three cells on seeds none of the twenty ran.
     fifth = load_grid(REPO / "configs/grids/linear_cnn_confirm.yaml")
     assert_same_cells_on_fresh_seeds(fifth, weights, [20, 21, 22, 23, 24], weights.spec.seeds)
+    # The sixth batch: two of those cells, on fifteen seeds neither the twenty nor the fifth batch ran.
+    sixth = load_grid(REPO / "configs/grids/linear_cnn_power.yaml")
+    assert sixth.eval_settings == weights.eval_settings and sixth.spec.confirms == weights.spec.name
+    assert sixth.spec.seeds == list(range(25, 40))
+    assert not set(sixth.spec.seeds) & set(weights.spec.seeds + fifth.spec.seeds)
+    assert [c.name for c in sixth.spec.cells] == ["weight_0", "weight_1"]
+    for cell in sixth.spec.cells:
+        assert config_hash(sixth.config(cell.name, 25)) == config_hash(weights.config(cell.name, 25)), cell.name
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
