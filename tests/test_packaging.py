@@ -51,3 +51,29 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in ci and "make test" in readme and "make quickstart" in readme
     makefile = (REPO / "Makefile").read_text()
     assert "dataset-fashion-mnist" in makefile and "chromium" in makefile
+
+
+
+def test_nothing_generated_is_tracked_by_git(tmp_path):
+    """Venvs, run folders, data and executed notebooks stay out of git, and .gitignore ignores a venv that
+    is a link (a worktree's) as well as one that is a directory."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    generated = [p for p in tracked if p == ".venv" or p.startswith((".venv/", "runs/", "notebooks/executed/"))
+                 or (p.startswith("data/") and p != "data/README.md") or "__pycache__" in p]
+    assert generated == []
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    (tmp_path / "venv").mkdir()
+    (repo / ".venv").symlink_to(tmp_path / "venv")
+    (repo / "runs").mkdir()
+    (repo / "runs" / "x.txt").write_text("x")
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert status == ["?? .gitignore"]
