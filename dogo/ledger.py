@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import DogoError
 from .grid import REPO, Grid, load_grid
-from .report import format_interval, load_results, prediction_checks, prediction_verdict, readme_blocks
+from .report import Results, format_interval, load_results, prediction_checks, readme_blocks, tidy
 
 MARKERS = ("<!-- ledger -->", "<!-- /ledger -->")
 
@@ -54,16 +54,9 @@ def ledger_rows(grids: list[Grid], results_root: str | Path = REPO / "results") 
     rows = []
     for grid in grids:
         folder = Path(results_root) / grid.name
-        has_results = folder.is_dir() and any(folder.glob("*.json"))
-        if has_results:
-            checks = prediction_checks(load_results(folder, grid))
-        else:  # not run anywhere yet: every prediction is waiting for all of its seeds
-            checks = [{"comparison": p.comparison, "protocol": p.protocol, "setting": p.setting,
-                       "expect": p.expect, "metric": "top1", "difference": None,
-                       "verdict": prediction_verdict(p.expect, None, len(grid.spec.seeds))}
-                      for p in grid.spec.predictions]
-        for c in checks:
-            rows.append({"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c})
+        # A grid not run anywhere yet has no folder: no results, so every prediction is pending.
+        results = load_results(folder, grid) if folder.is_dir() else Results(grid.name, grid, tidy([]), [], [])
+        rows += [{"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c} for c in prediction_checks(results)]
     return rows
 
 
