@@ -22,9 +22,11 @@ from typing import Any
 
 from .errors import DogoError
 from .grid import REPO, Grid, load_grid
-from .report import Results, format_interval, load_results, prediction_checks, readme_blocks, tidy
+from .report import Results, format_interval, format_power, load_results, prediction_checks, readme_blocks, tidy
 
 MARKERS = ("<!-- ledger -->", "<!-- /ledger -->")
+# A failed test with this much power speaks against the difference; one with less than WEAK_POWER says little.
+STRONG_POWER, WEAK_POWER = 0.8, 0.5
 
 
 def seed_span(seeds: list[int]) -> str:
@@ -80,13 +82,23 @@ def ledger_table(rows: list[dict[str, Any]]) -> str:
             "proof that there is none.")
     if other:
         head += f" {other} without a verdict (see the table)."
-    lines = ["| grid | seeds | comparison | measure | predicted | these seeds | verdict |",
-             "|---|---|---|---|---|---:|---|"]
+    failed = [r for r in directional if r["verdict"].startswith("not confirmed")]
+    if failed:
+        sized = [r for r in failed if r.get("power") is not None]
+        strong = sum(r["power"] >= STRONG_POWER for r in sized)
+        weak = sum(r["power"] < WEAK_POWER for r in sized)
+        without = f", no earlier size in {len(failed) - len(sized)}" if len(sized) < len(failed) else ""
+        head += (f" Power of the {len(failed)} not confirmed: at least {100 * STRONG_POWER:.0f} % in {strong}, less "
+                 f"than {100 * WEAK_POWER:.0f} % in {weak}{without}; power is the chance the seeds had to confirm a "
+                 "difference as large, and as spread over seeds, as where it was first seen (optimistic where it was "
+                 "picked by looking).")
+    lines = ["| grid | seeds | comparison | measure | predicted | power | these seeds | verdict |",
+             "|---|---|---|---|---|---:|---:|---|"]
     for r in rows:
         measure = f"{r['protocol']} {r['setting']}".strip()
         lines.append(f"| `{r['grid']}` | {r['seeds']} | {r['comparison']} | {measure} | "
-                     f"{r['expect'].replace('_', ' ')} | {format_interval(r['difference'], r['metric'])} | "
-                     f"{r['verdict']} |")
+                     f"{r['expect'].replace('_', ' ')} | {format_power(r.get('power'))} | "
+                     f"{format_interval(r['difference'], r['metric'])} | {r['verdict']} |")
     return head + "\n\n" + "\n".join(lines)
 
 

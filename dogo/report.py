@@ -62,6 +62,7 @@ class PairedDifference:
     low: float  # 95 % interval (nan when n < 2)
     high: float
     n: int
+    sd: float = math.nan  # standard deviation of the per-seed differences (nan when n < 2)
 
     @property
     def within_noise(self) -> bool:
@@ -81,7 +82,29 @@ def paired_difference(baseline: dict[int, float], treatment: dict[int, float], l
     if d.size < 2:
         return PairedDifference(mean, math.nan, math.nan, 1)
     half = float(student_t.ppf((1 + level) / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
-    return PairedDifference(mean, mean - half, mean + half, int(d.size))
+    return PairedDifference(mean, mean - half, mean + half, int(d.size), float(d.std(ddof=1)))
+
+
+def planned_power(expect: str, before: PairedDifference | None, seeds: int, level: float = 0.95) -> float | None:
+    """The chance that ``seeds`` fresh seeds confirm a directional prediction (their ``level`` interval on
+    the predicted side of 0), if the true paired difference and its spread over seeds are the ones measured
+    before: P(T > t_{(1+level)/2, n-1}) for T noncentral t with n - 1 degrees of freedom and noncentrality
+    s * mean / sd * sqrt(n), s = +1 for ``higher`` and -1 for ``lower``. Known before the seeds run, so it
+    says how large a test was, not what it found; an earlier size picked by looking makes it optimistic.
+    None for ``within_noise`` (a control) and without an earlier spread (fewer than 2 seeds before)."""
+    from scipy.stats import nct
+    from scipy.stats import t as student_t
+
+    if expect == "within_noise" or before is None or seeds < 2 or not before.sd > 0:
+        return None
+    sign = 1.0 if expect == "higher" else -1.0
+    noncentrality = sign * before.mean / before.sd * math.sqrt(seeds)
+    return float(nct.sf(student_t.ppf((1 + level) / 2, seeds - 1), seeds - 1, noncentrality))
+
+
+def format_power(power: float | None) -> str:
+    """``35 %``, or ``n/a`` where no power applies."""
+    return "n/a" if power is None else f"{100 * power:.0f} %"
 
 
 # ============================================================================ loading results
@@ -403,7 +426,7 @@ def _prediction_checks(results: Results, explored: Results | None) -> list[dict[
                                       if k[:3] == (tc, tp, prediction.protocol)))
         found = [m for m in measures if m[0] == prediction.setting or (not prediction.setting and len(measures) == 1)]
         row = {"comparison": prediction.comparison, "protocol": prediction.protocol, "expect": prediction.expect,
-               "setting": prediction.setting, "metric": "top1", "difference": None, "explored": None}
+               "setting": prediction.setting, "metric": "top1", "difference": None, "explored": None, "power": None}
         if not found:
             listed = ", ".join(repr(m[0]) for m in measures)
             row["verdict"] = (f"no measure {prediction.protocol} {prediction.setting!r} in the results (its "
@@ -416,6 +439,7 @@ def _prediction_checks(results: Results, explored: Results | None) -> list[dict[
         row["difference"], row["explored"] = (_difference(series, (bc, bp, *measure), (tc, tp, *measure))
                                               for series in (here, there))
         row["verdict"] = prediction_verdict(prediction.expect, row["difference"], wanted)
+        row["power"] = planned_power(prediction.expect, row["explored"], wanted)
         out.append(row)
     return out
 
@@ -440,11 +464,11 @@ def predictions_table(results: Results) -> str | None:
               else f"`{spec.confirms}` (no results found)")
 
     before = bool(spec.confirms)  # a grid that confirms none (predictions from elsewhere) has no "before" column
-    lines = ["| comparison | measure | predicted | " + (f"before ({source}) | " if before else "")
-             + "these seeds | verdict |", "|---|---|---|" + ("---:|" if before else "") + "---:|---|"]
+    lines = ["| comparison | measure | predicted | " + (f"before ({source}) | power | " if before else "")
+             + "these seeds | verdict |", "|---|---|---|" + ("---:|---:|" if before else "") + "---:|---|"]
     for c in checks:
         measure = f"{c['protocol']} {c['setting']}".strip()
-        earlier = f"{format_interval(c['explored'], c['metric'])} | " if before else ""
+        earlier = f"{format_interval(c['explored'], c['metric'])} | {format_power(c['power'])} | " if before else ""
         lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | {earlier}"
                      f"{format_interval(c['difference'], c['metric'])} | {c['verdict']} |")
     counts = {kind: sum(c["verdict"].startswith(kind) for c in checks)
@@ -453,7 +477,9 @@ def predictions_table(results: Results) -> str | None:
     head = (f"Predictions written in `{spec.name}`'s grid file before its seeds ran: {counts['confirmed']} of "
             f"{len(checks)} confirmed, {counts['not confirmed']} not confirmed, {counts['pending']} pending{unread} "
             "(confirmed: the 95 % interval on the predicted side of 0, or containing 0 where no difference was "
-            "predicted).")
+            "predicted)." + (" Power: the chance these seeds had to confirm a predicted difference if it were as "
+                             "large, and as spread over seeds, as before (optimistic where the earlier size was "
+                             "picked by looking)." if before else ""))
     return head + "\n\n" + "\n".join(lines)
 
 
@@ -823,4 +849,5 @@ def _command(args: argparse.Namespace) -> int:
 __all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
            "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table",
            "differences_matrix", "intervals_excluding_zero", "chance_line",
-           "prediction_checks", "prediction_verdict", "predictions_table", "format_interval", "replace_between_markers"]
+           "prediction_checks", "prediction_verdict", "predictions_table", "format_interval", "replace_between_markers",
+           "planned_power", "format_power"]

@@ -404,7 +404,7 @@ def test_committed_grid_files_are_valid():
         "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml",
         "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
-        "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml"]
+        "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -497,6 +497,14 @@ def test_committed_grid_files_are_valid():
     sixth = load_grid(REPO / "configs/grids/linear_cnn_power.yaml")
     assert_same_cells_on_fresh_seeds(sixth, weights, list(range(25, 40)), weights.spec.seeds + fifth.spec.seeds,
                                      cells=["weight_0", "weight_1"])
+    # The two fresh batches pooled: the same two cells on seeds 20-39, every result adopted from them.
+    fresh20 = load_grid(REPO / "configs/grids/weight_cnn_fresh20.yaml")
+    assert fresh20.eval_settings == weights.eval_settings and fresh20.spec.compare == sixth.spec.compare
+    assert fresh20.spec.seeds == fifth.spec.seeds + sixth.spec.seeds
+    for cell in ("weight_0", "weight_1"):
+        for seed in fresh20.spec.seeds:
+            batch = fifth if seed in fifth.spec.seeds else sixth
+            assert config_hash(fresh20.config(cell, seed)) == config_hash(batch.config(cell, seed)), (cell, seed)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds

@@ -37,12 +37,14 @@ def study(three_seeds, tmp_path):  # noqa: F811 (the imported fixture)
 
 EXPECTED_ROWS = [
     # tiny_fresh's paired differences, as in test_report's confirmation test
-    "| `tiny_fresh` | 3-5 | small: DoGo - alone | knn k=200 T=0.1 | higher | +3.00 [+0.52, +5.48] | confirmed |",
-    "| `tiny_fresh` | 3-5 | small: DoGo - alone | limited 10% labels | lower | +0.00 [-2.48, +2.48] | "
+    # power: 3 seeds against the earlier +3.00 (sd 1.00) and +1.50 (sd 0.50, the wrong side for "lower")
+    "| `tiny_fresh` | 3-5 | small: DoGo - alone | knn k=200 T=0.1 | higher | 75 % | +3.00 [+0.52, +5.48] | "
+    "confirmed |",
+    "| `tiny_fresh` | 3-5 | small: DoGo - alone | limited 10% labels | lower | 0 % | +0.00 [-2.48, +2.48] | "
     "not confirmed: within noise |",
-    "| `tiny_fresh` | 3-5 | small: DoGo - alone | limited 1% labels | lower | n/a | no measure limited '1% labels' "
-    "in the results (its settings: '10% labels') |",
-    "| `tiny_later` | 6-8 | small: DoGo - alone | knn | within noise | n/a | pending (0 of 3 seeds) |",
+    "| `tiny_fresh` | 3-5 | small: DoGo - alone | limited 1% labels | lower | n/a | n/a | no measure limited "
+    "'1% labels' in the results (its settings: '10% labels') |",
+    "| `tiny_later` | 6-8 | small: DoGo - alone | knn | within noise | n/a | n/a | pending (0 of 3 seeds) |",
 ]
 
 
@@ -56,9 +58,12 @@ def test_the_ledger_lists_every_prediction_with_its_grid_verdict(study):
         "4 predictions in 2 grid files, each committed before its seeds ran (the verdicts of each grid's own "
         "report). A difference predicted (lower or higher): 1 of 3 confirmed, 1 not confirmed, 0 pending. No "
         "difference predicted (controls): 0 of 1 held, 0 did not, 1 pending; a control that holds found no "
-        "difference on its seeds, which is not proof that there is none. 1 without a verdict (see the table).")
-    assert lines[2:4] == ["| grid | seeds | comparison | measure | predicted | these seeds | verdict |",
-                          "|---|---|---|---|---|---:|---|"]
+        "difference on its seeds, which is not proof that there is none. 1 without a verdict (see the table). "
+        "Power of the 1 not confirmed: at least 80 % in 0, less than 50 % in 1; power is the chance the seeds had "
+        "to confirm a difference as large, and as spread over seeds, as where it was first seen (optimistic where "
+        "it was picked by looking).")
+    assert lines[2:4] == ["| grid | seeds | comparison | measure | predicted | power | these seeds | verdict |",
+                          "|---|---|---|---|---|---:|---:|---|"]
     assert lines[4:] == EXPECTED_ROWS
     # the order a README gives: its report blocks first, in their order; the rest by name
     assert [g.name for g in grids_with_predictions(grids_dir, ["nowhere", "tiny_later"])] == ["tiny_later", "tiny_fresh"]

@@ -61,7 +61,36 @@ def test_paired_difference_on_hand_computed_numbers():
     d = paired_difference({0: 0.0, 1: 0.0}, {0: 1.0, 1: 3.0})
     assert (d.low, d.high) == (pytest.approx(2 - T_975_DOF1, rel=1e-9), pytest.approx(2 + T_975_DOF1, rel=1e-9))
     one = paired_difference({0: 1.0}, {0: 4.0})
-    assert one.mean == 3.0 and one.n == 1 and math.isnan(one.low) and one.within_noise
+    assert one.mean == 3.0 and one.n == 1 and math.isnan(one.low) and one.within_noise and math.isnan(one.sd)
+    assert paired_difference({0: 0.0, 1: 0.0}, {0: 1.0, 1: 3.0}).sd == pytest.approx(math.sqrt(2), rel=1e-12)
+
+
+def test_planned_power_against_simulated_batches():
+    """The chance that n fresh seeds confirm a difference of the size and spread seen before, checked
+    against simulated batches: normal per-seed differences, each batch judged by its own 95 % interval."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    from dogo.report import format_power, planned_power
+
+    before = PairedDifference(-0.46, -0.70, -0.22, 20, 0.51)  # the twenty seeds' linear-probe cost
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 15):
+        d = rng.normal(-0.46, 0.51, size=(40_000, n))
+        half = student_t.ppf(0.975, n - 1) * d.std(axis=1, ddof=1) / math.sqrt(n)
+        simulated = float(np.mean(d.mean(axis=1) + half < 0))  # the interval lies below 0: confirmed
+        assert planned_power("lower", before, n) == pytest.approx(simulated, abs=0.01), n  # ~5 standard errors
+    # no true difference: the test confirms "lower" by chance alone, 2.5 % of the time
+    assert planned_power("lower", PairedDifference(0.0, -1.0, 1.0, 5, 1.0), 5) == pytest.approx(0.025, abs=1e-9)
+    # the sign of the prediction matters, not of the numbers
+    assert planned_power("higher", PairedDifference(0.46, 0.2, 0.7, 20, 0.51), 15) == \
+        pytest.approx(planned_power("lower", before, 15), rel=1e-12)
+    assert planned_power("higher", before, 15) < 1e-6
+    # no power for a control, nor without an earlier spread
+    assert planned_power("within_noise", before, 15) is None
+    assert planned_power("lower", None, 15) is None
+    assert planned_power("lower", PairedDifference(-1.0, math.nan, math.nan, 1), 15) is None
+    assert (format_power(None), format_power(0.3404), format_power(0.996)) == ("n/a", "34 %", "100 %")
 
 
 def fake_record(grid, cell: str, seed: int, knn: dict[str, float], limited: dict[str, tuple[float, float]]) -> dict:
@@ -426,16 +455,20 @@ def test_a_confirmation_grid_reports_each_prediction_beside_the_grid_it_confirms
     assert table.splitlines() == [
         "Predictions written in `tiny_fresh`'s grid file before its seeds ran: 1 of 3 confirmed, 1 not confirmed, "
         "0 pending (confirmed: the 95 % interval on the predicted side of 0, or containing 0 where no difference "
-        "was predicted).",
+        "was predicted). Power: the chance these seeds had to confirm a predicted difference if it were as large, "
+        "and as spread over seeds, as before (optimistic where the earlier size was picked by looking).",
         "",
-        "| comparison | measure | predicted | before (`tiny`, seeds 0, 1, 2) | these seeds | verdict |",
-        "|---|---|---|---:|---:|---|",
-        # before: the tiny grid's d = (2, 3, 4) and (1, 1.5, 2); half widths t_{0.975,2} / sqrt(3) and half that
-        "| small: DoGo - alone | knn k=200 T=0.1 | higher | +3.00 [+0.52, +5.48] | +3.00 [+0.52, +5.48] | confirmed |",
-        "| small: DoGo - alone | limited 10% labels | lower | +1.50 [+0.26, +2.74] | +0.00 [-2.48, +2.48] | "
+        "| comparison | measure | predicted | before (`tiny`, seeds 0, 1, 2) | power | these seeds | verdict |",
+        "|---|---|---|---:|---:|---:|---|",
+        # before: the tiny grid's d = (2, 3, 4) and (1, 1.5, 2); half widths t_{0.975,2} / sqrt(3) and half that.
+        # Power over 3 seeds: noncentral t, 2 degrees of freedom, noncentrality 3 / 1 * sqrt(3) (and -1.5 / 0.5
+        # * sqrt(3) for "lower", against a difference seen above 0).
+        "| small: DoGo - alone | knn k=200 T=0.1 | higher | +3.00 [+0.52, +5.48] | 75 % | +3.00 [+0.52, +5.48] | "
+        "confirmed |",
+        "| small: DoGo - alone | limited 10% labels | lower | +1.50 [+0.26, +2.74] | 0 % | +0.00 [-2.48, +2.48] | "
         "not confirmed: within noise |",
-        "| small: DoGo - alone | limited 1% labels | lower | n/a | n/a | no measure limited '1% labels' in the "
-        "results (its settings: '10% labels') |",
+        "| small: DoGo - alone | limited 1% labels | lower | n/a | n/a | n/a | no measure limited '1% labels' in "
+        "the results (its settings: '10% labels') |",
     ]
     assert readme_block(results).endswith(table)
     # a reading of two of the seeds gives no verdict
