@@ -81,8 +81,9 @@ def paired_difference(baseline: dict[int, float], treatment: dict[int, float], l
     mean = float(d.mean())
     if d.size < 2:
         return PairedDifference(mean, math.nan, math.nan, 1)
-    half = float(student_t.ppf((1 + level) / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
-    return PairedDifference(mean, mean - half, mean + half, int(d.size), float(d.std(ddof=1)))
+    sd = float(d.std(ddof=1))
+    half = float(student_t.ppf((1 + level) / 2, d.size - 1)) * sd / math.sqrt(d.size)
+    return PairedDifference(mean, mean - half, mean + half, int(d.size), sd)
 
 
 def planned_power(expect: str, before: PairedDifference | None, seeds: int, level: float = 0.95) -> float | None:
