@@ -84,7 +84,7 @@ def ledger_table(rows: list[dict[str, Any]]) -> str:
         head += f" {other} without a verdict (see the table)."
     failed = [r for r in directional if r["verdict"].startswith("not confirmed")]
     if failed:
-        sized = [r for r in failed if r.get("power") is not None]
+        sized = [r for r in failed if r["power"] is not None]
         strong = sum(r["power"] >= STRONG_POWER for r in sized)
         weak = sum(r["power"] < WEAK_POWER for r in sized)
         without = f", no earlier size in {len(failed) - len(sized)}" if len(sized) < len(failed) else ""
@@ -97,7 +97,7 @@ def ledger_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         measure = f"{r['protocol']} {r['setting']}".strip()
         lines.append(f"| `{r['grid']}` | {r['seeds']} | {r['comparison']} | {measure} | "
-                     f"{r['expect'].replace('_', ' ')} | {format_power(r.get('power'))} | "
+                     f"{r['expect'].replace('_', ' ')} | {format_power(r['power'])} | "
                      f"{format_interval(r['difference'], r['metric'])} | {r['verdict']} |")
     return head + "\n\n" + "\n".join(lines)
 
