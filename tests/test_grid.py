@@ -400,8 +400,9 @@ def assert_only_the_views_differ(cfg, view_seed, alone):
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
-        "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "cpu_fmnist_cnn.yaml", "cpu_fmnist_cnn_10seeds.yaml",
-        "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
+        "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
+        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml",
+        "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml",
         "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
         "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml"]
@@ -505,6 +506,9 @@ def test_committed_grid_files_are_valid():
         for seed in fresh20.spec.seeds:
             batch = fifth if seed in fifth.spec.seeds else sixth
             assert config_hash(fresh20.config(cell, seed)) == config_hash(batch.config(cell, seed)), (cell, seed)
+    # The seventh batch: the same two cells on seeds 40-45, which none of the grids before ran.
+    seventh = load_grid(REPO / "configs/grids/corruption_cnn_confirm.yaml")
+    assert_same_cells_on_fresh_seeds(seventh, fresh20, list(range(40, 46)), weights.spec.seeds + fresh20.spec.seeds)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
