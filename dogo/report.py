@@ -6,15 +6,10 @@
 reads only the result JSONs (``dogo.grid``), never a checkpoint. Results that are stale for the grid
 file (another config, numerics version or evaluation settings) are listed and left out of every table.
 
-Statistics, per protocol / setting / metric and per (cell, peer):
-
-- a run's value is the mean over the evaluation's own seeds (label subsets, label noise), so each
-  training seed counts once;
-- over training seeds: mean, sample standard deviation (n - 1) and n;
-- for each ``compare`` pair, the paired difference d_s = treatment_s - baseline_s over the seeds s
-  both have: mean d, and the 95 % confidence interval mean d +- t_{0.975, n-1} * sd(d) / sqrt(n)
-  (Student t, n - 1 degrees of freedom). An interval that contains 0 is "within noise". Below 3 seeds
-  the interval is printed with a warning: from 2 seeds it says almost nothing.
+Statistics (``dogo.stats``), per protocol / setting / metric and per (cell, peer): mean +- std over
+training seeds, and for each ``compare`` pair the paired difference over the seeds both have with its
+95 % interval. An interval that contains 0 is "within noise". Below 3 seeds the interval is printed with
+a warning: from 2 seeds it says almost nothing.
 """
 
 from __future__ import annotations
@@ -32,75 +27,14 @@ import pandas as pd
 from .cli import SeedList
 from .errors import DogoError
 from .grid import REPO, Grid, config_hash, load_grid, read_result, result_name, stale_reasons
+from .stats import PairedDifference, Summary, paired_difference, planned_power, summarize
 
 MIN_SEEDS = 3  # fewer seeds than this: intervals are printed with a warning
 PROTOCOL_ORDER = ("knn", "linear", "limited", "noisy", "transfer", "corruptions", "tsne")
 KEYS = ["cell", "peer", "protocol", "setting", "metric"]
 
 
-# ============================================================================ statistics
-
-
-@dataclass
-class Summary:
-    mean: float
-    std: float  # sample standard deviation (n - 1); nan when n < 2
-    n: int
-
-
-def summarize(values) -> Summary:
-    """Mean, sample standard deviation (ddof 1, nan for one value) and count of ``values``."""
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        return Summary(math.nan, math.nan, 0)
-    return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan, int(x.size))
-
-
-@dataclass
-class PairedDifference:
-    mean: float  # mean over seeds of treatment - baseline
-    low: float  # 95 % interval (nan when n < 2)
-    high: float
-    n: int
-    sd: float = math.nan  # standard deviation of the per-seed differences (nan when n < 2)
-
-    @property
-    def within_noise(self) -> bool:
-        """The interval contains 0 (or there is no interval)."""
-        return not (self.low > 0 or self.high < 0)
-
-
-def paired_difference(baseline: dict[int, float], treatment: dict[int, float], level: float = 0.95) -> PairedDifference:
-    """Paired difference over the seeds both have: mean d and mean d +- t_{(1+level)/2, n-1} sd(d) / sqrt(n)."""
-    from scipy.stats import t as student_t
-
-    seeds = sorted(set(baseline) & set(treatment))
-    d = np.array([treatment[s] - baseline[s] for s in seeds], dtype=float)
-    if d.size == 0:
-        return PairedDifference(math.nan, math.nan, math.nan, 0)
-    mean = float(d.mean())
-    if d.size < 2:
-        return PairedDifference(mean, math.nan, math.nan, 1)
-    sd = float(d.std(ddof=1))
-    half = float(student_t.ppf((1 + level) / 2, d.size - 1)) * sd / math.sqrt(d.size)
-    return PairedDifference(mean, mean - half, mean + half, int(d.size), sd)
-
-
-def planned_power(expect: str, before: PairedDifference | None, seeds: int, level: float = 0.95) -> float | None:
-    """The chance that ``seeds`` fresh seeds confirm a directional prediction (their ``level`` interval on
-    the predicted side of 0), if the true paired difference and its spread over seeds are the ones measured
-    before: P(T > t_{(1+level)/2, n-1}) for T noncentral t with n - 1 degrees of freedom and noncentrality
-    s * mean / sd * sqrt(n), s = +1 for ``higher`` and -1 for ``lower``. Known before the seeds run, so it
-    says how large a test was, not what it found; an earlier size picked by looking makes it optimistic.
-    None for ``within_noise`` (a control) and without an earlier spread (fewer than 2 seeds before)."""
-    from scipy.stats import nct
-    from scipy.stats import t as student_t
-
-    if expect == "within_noise" or before is None or seeds < 2 or not before.sd > 0:
-        return None
-    sign = 1.0 if expect == "higher" else -1.0
-    noncentrality = sign * before.mean / before.sd * math.sqrt(seeds)
-    return float(nct.sf(student_t.ppf((1 + level) / 2, seeds - 1), seeds - 1, noncentrality))
+# ============================================================================ formatting
 
 
 def format_power(power: float | None) -> str:
@@ -847,8 +781,8 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["summarize", "paired_difference", "load_results", "means_table", "comparisons_table", "readme_block",
+__all__ = ["load_results", "means_table", "comparisons_table", "readme_block",
            "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table",
            "differences_matrix", "intervals_excluding_zero", "chance_line",
            "prediction_checks", "prediction_verdict", "predictions_table", "format_interval", "replace_between_markers",
-           "planned_power", "format_power"]
+           "format_power"]
