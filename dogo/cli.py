@@ -7,7 +7,7 @@
     dogo notebooks [--smoke]                                         # run the notebooks with papermill
     dogo grid configs/grids/cpu_fmnist_cnn.yaml [--dry-run]          # a resumable reproduction grid
     dogo report results/cpu_fmnist_cnn [--readme README.md]          # its tables, intervals and figures
-    dogo ledger [--readme README.md]                                 # every grid's predictions and verdicts
+    dogo ledger [--readme STUDY.md]                                  # every grid's predictions and verdicts
 
 User mistakes (bad config, missing data, broken checkpoint) print one ``error:`` line and exit 2.
 """

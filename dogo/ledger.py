@@ -6,12 +6,13 @@ predictions (``dogo.report.prediction_checks``); the ledger gathers those same v
 into one table, so a reader sees all that the study predicted, the failures included, in one place.
 
     dogo ledger                         # print the table
-    dogo ledger --readme README.md      # and rewrite the block between <!-- ledger --> and <!-- /ledger -->
+    dogo ledger --readme STUDY.md       # and rewrite the block between <!-- ledger --> and <!-- /ledger -->
 
-Rows follow the order of the grids' report blocks in the README (the order the study ran them); grids
-without a block come last, by name. Directional predictions and "within noise" ones (controls) are
-counted apart: a directional prediction is confirmed only when its 95 % interval excludes 0 on the
-predicted side, while a control holds whenever its interval contains 0, which fewer seeds make easier.
+Rows follow the order of the grids' report blocks in the document given with ``--readme`` (STUDY.md
+holds them in the order the study ran them); grids without a block there come last, by name. Directional
+predictions and "within noise" ones (controls) are counted apart: a directional prediction is confirmed
+only when its 95 % interval excludes 0 on the predicted side, while a control holds whenever its
+interval contains 0, which fewer seeds make easier.
 """
 
 from __future__ import annotations

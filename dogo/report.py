@@ -442,7 +442,7 @@ def readme_block(results: Results) -> str:
     matrix = _differences_style(results)
     shown = "paired differences over seeds" if matrix else "mean ± std over seeds"
     if results.only_seeds is None:
-        only, command = "", f"`dogo report results/{results.name} --readme README.md` regenerates this block"
+        only, command = "", f"`dogo report results/{results.name}` makes this block"
     else:
         listed = ",".join(map(str, results.only_seeds))
         only, command = " only", f"`dogo report results/{results.name} --seeds {listed}` prints it"

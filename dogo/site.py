@@ -1,5 +1,5 @@
-"""A small static site to read the notebooks without running anything: the executed notebooks and the
-README as HTML (nbconvert), with an index page linking them.
+"""A small static site to read the notebooks without running anything: the executed notebooks, the
+README and the study (STUDY.md) as HTML (nbconvert), with an index page linking them.
 
     python -m dogo.site                        # site/ from notebooks/executed (smoke-executes missing ones)
     python -m dogo.site --executed DIR --site site --no-execute
@@ -23,6 +23,7 @@ from .notebooks import NOTEBOOKS_DIR, list_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+STUDY = REPO / "STUDY.md"
 
 
 def _title(nb) -> str:
@@ -43,20 +44,33 @@ def _exporter():
     return exporter
 
 
-def render_readme(readme: str | Path, site: Path) -> Path:
-    """The README as ``site/readme.html`` (one Markdown cell through nbconvert); the figures it links are
-    copied next to it, so the relative links keep working."""
+# The Markdown documents of the site: file name -> (page, title). Links between them point to the pages.
+DOCUMENTS = {"README.md": ("readme.html", "README"), "STUDY.md": ("study.html", "The study, grid by grid")}
+
+
+def _page_of(document: Path) -> tuple[str, str]:
+    """The page name and title of a Markdown document."""
+    return DOCUMENTS.get(document.name, (document.with_suffix(".html").name.lower(), document.stem))
+
+
+def render_markdown(document: str | Path, site: Path) -> Path:
+    """A Markdown document (README.md, STUDY.md) as its page in ``site`` (one Markdown cell through
+    nbconvert); links to the other documents point to their pages, and the figures it shows are copied
+    next to it, so the relative links keep working."""
     import nbformat
     from nbformat.v4 import new_markdown_cell, new_notebook
 
-    readme = Path(readme)
-    text = readme.read_text()
+    document = Path(document)
+    page, title = _page_of(document)
+    text = document.read_text()
+    for other, (other_page, _) in DOCUMENTS.items():
+        text = text.replace(f"]({other})", f"]({other_page})")
     nb = new_notebook(cells=[new_markdown_cell(text)])
-    nb.metadata["title"] = "dogo: README"
+    nb.metadata["title"] = f"dogo: {title}"
     body, _ = _exporter().from_notebook_node(nbformat.from_dict(nb))
-    out = site / "readme.html"
+    out = site / page
     out.write_text(body)
-    figures = readme.parent / "figures"
+    figures = document.parent / "figures"
     if figures.is_dir():
         for image in figures.glob("*.png"):
             if f"figures/{image.name}" in text:
@@ -66,9 +80,10 @@ def render_readme(readme: str | Path, site: Path) -> Path:
 
 
 def build_site(executed_dir: str | Path, site_dir: str | Path = REPO / "site", readme: str | Path = README,
-               notebooks_dir: str | Path = NOTEBOOKS_DIR) -> Path:
-    """Render every numbered notebook of ``notebooks_dir``, as executed in ``executed_dir``, and the README
-    into ``site_dir`` with an ``index.html``; returns the index's path.
+               notebooks_dir: str | Path = NOTEBOOKS_DIR, study: str | Path | None = STUDY) -> Path:
+    """Render every numbered notebook of ``notebooks_dir``, as executed in ``executed_dir``, the README and
+    the study (``study``; None: no study page) into ``site_dir`` with an ``index.html``; returns the
+    index's path.
 
     A notebook without an executed copy raises ``DogoError`` naming it (a site with a page missing, or a
     page without outputs, would look complete and is not).
@@ -93,7 +108,12 @@ def build_site(executed_dir: str | Path, site_dir: str | Path = REPO / "site", r
         page = Path(name).with_suffix(".html").name
         (site / page).write_text(body)
         entries.append((page, name, _title(nb)))
-    render_readme(readme, site)
+    documents = [Path(readme)] + ([Path(study)] if study is not None else [])
+    links = []
+    for document in documents:
+        render_markdown(document, site)
+        page, title = _page_of(document)
+        links.append(f'<a href="{html.escape(page)}">{html.escape(title)}</a>')
     items = "\n".join(f'    <li class="notebook"><a href="{html.escape(page)}">{html.escape(title or name)}</a>'
                       f' <code>{html.escape(name)}</code></li>' for page, name, title in entries)
     index = site / "index.html"
@@ -105,7 +125,7 @@ def build_site(executed_dir: str | Path, site_dir: str | Path = REPO / "site", r
   <h1>dogo: Distill on the Go</h1>
   <p>The kit's notebooks, executed at reduced settings (SMOKE) so that they can be read without running
   anything; the numbers in them come from short runs and mean little. Run them yourself for real results.</p>
-  <p><a href="readme.html">README</a></p>
+  <p>{" · ".join(links)}</p>
   <ol id="notebooks">
 {items}
   </ol>

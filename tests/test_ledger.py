@@ -91,11 +91,11 @@ def test_ledger_command_rewrites_the_readme_block_in_the_readme_order(study, tmp
     assert capsys.readouterr().err.strip() == f"error: grid folder {tmp_path / 'nowhere'} does not exist"
 
 
-def test_committed_readme_ledger_matches_the_grid_files_and_results():
-    """The README's ledger is what `dogo ledger --readme README.md` makes: a prediction added, a result
+def test_committed_study_ledger_matches_the_grid_files_and_results():
+    """STUDY.md's ledger is what `dogo ledger --readme STUDY.md` makes: a prediction added, a result
     committed or a verdict edited by hand without regenerating it fails here."""
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    assert MARKERS[0] in text and MARKERS[1] in text, "the README has no ledger block"
+    study = REPO / "STUDY.md"
+    text = study.read_text()
+    assert MARKERS[0] in text and MARKERS[1] in text, "STUDY.md has no ledger block"
     block = text.partition(MARKERS[0] + "\n")[2].partition("\n" + MARKERS[1])[0].strip()
-    assert block == ledger_block(readme=readme), "the README's ledger is out of date: run dogo ledger --readme README.md"
+    assert block == ledger_block(readme=study), "STUDY.md's ledger is out of date: run dogo ledger --readme STUDY.md"

@@ -231,16 +231,19 @@ def test_readme_without_markers_and_missing_folders_are_one_error_line(three_see
 
 
 def test_committed_readme_blocks_match_the_committed_results():
-    """Every README block of a committed result folder is what `dogo report` makes from its JSON files:
-    a block edited by hand, or results committed without regenerating it, fail here."""
-    blocks = readme_blocks((REPO / "README.md").read_text())
+    """Every block of a committed result folder, in the README (the main grids) or STUDY.md (the rest of the
+    study), is what `dogo report` makes from its JSON files: a block edited by hand, or results committed
+    without regenerating it, fail here. No grid has a block in both."""
+    readme, study = (readme_blocks((REPO / name).read_text()) for name in ("README.md", "STUDY.md"))
+    assert not set(readme) & set(study), "a grid's block is in both the README and STUDY.md"
+    blocks = {**readme, **study}
     folders = [p for p in sorted((REPO / "results").glob("*")) if p.is_dir() and list(p.glob("*.json"))] \
         if (REPO / "results").is_dir() else []
     for folder in folders:
         results = load_results(folder)
         if results.name in blocks:
-            assert blocks[results.name] == readme_block(results), f"README block {results.name} is out of date"
-    assert set(blocks) <= {load_results(f).name for f in folders}, "a README block has no committed results"
+            assert blocks[results.name] == readme_block(results), f"block {results.name} is out of date"
+    assert set(blocks) <= {load_results(f).name for f in folders}, "a block has no committed results"
 
 
 def test_readme_block_parsing():

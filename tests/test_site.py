@@ -44,13 +44,19 @@ def _stand_ins(folder: Path, executed: Path, count: int = 6) -> None:
 def test_site_links_every_notebook_and_the_readme(tmp_path):
     _stand_ins(tmp_path / "nb", tmp_path / "executed")
     readme = tmp_path / "README.md"
-    readme.write_text("# The kit\n\n![result](figures/r.png)\n")
+    readme.write_text("# The kit\n\n![result](figures/r.png)\n\nThe study: [STUDY.md](STUDY.md).\n")
+    study = tmp_path / "STUDY.md"
+    study.write_text("# The study\n\n![grid](figures/g.png)\n")
     (tmp_path / "figures").mkdir()
-    (tmp_path / "figures" / "r.png").write_bytes(base64.b64decode(PNG))
-    index = build_site(tmp_path / "executed", tmp_path / "site", readme, tmp_path / "nb")
+    for image in ("r.png", "g.png", "unused.png"):
+        (tmp_path / "figures" / image).write_bytes(base64.b64decode(PNG))
+    index = build_site(tmp_path / "executed", tmp_path / "site", readme, tmp_path / "nb", study)
     text = index.read_text()
     assert text.count('<li class="notebook">') == 6 and 'href="03_part_3.html">03 · Title 3</a>' in text
-    assert 'href="readme.html"' in text
+    assert 'href="readme.html">README</a>' in text and 'href="study.html">The study, grid by grid</a>' in text
+    assert 'href="study.html"' in (tmp_path / "site" / "readme.html").read_text()  # the link follows the page
+    assert "The study" in (tmp_path / "site" / "study.html").read_text()
+    assert sorted(p.name for p in (tmp_path / "site" / "figures").iterdir()) == ["g.png", "r.png"]
     page = (tmp_path / "site" / "03_part_3.html").read_text()
     assert f"data:image/png;base64,{PNG}" in page  # the output image is embedded
     assert "The kit" in (tmp_path / "site" / "readme.html").read_text()
@@ -99,5 +105,12 @@ def test_site_in_chromium(tmp_path):
             page.screenshot(path=str(ARTIFACTS / "site_notebook_02.png"))
             page.goto((site / "readme.html").as_uri())
             assert "Distill on the Go" in page.locator("body").inner_text()
+            page.locator("a[href='study.html']").first.click()  # the README's link to the study
+            page.wait_for_load_state("load")
+            assert "grid by grid" in page.locator("h1").first.inner_text()
+            figures = page.locator("img[src^='figures/']")
+            assert figures.count() > 0
+            assert figures.evaluate_all("els => els.every(e => e.complete && e.naturalWidth > 0)"), \
+                "a study figure did not load"
         finally:
             browser.close()
