@@ -1,7 +1,7 @@
 # Set-up and common tasks. Every target sets up what it needs (system packages, venv, pip packages).
 #   make quickstart   # set up, then SimCLR alone vs DoGo on Fashion-MNIST (CPU, offline, minutes)
 #   make test         # set up, then the whole test suite (what CI runs)
-#   make docs         # set up, then site/: the executed notebooks and the README as HTML
+#   make docs         # set up, then site/: the executed notebooks, README and STUDY.md as HTML
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
