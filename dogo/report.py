@@ -427,6 +427,33 @@ def seed_warning(results: Results) -> str | None:
     return None
 
 
+def cross_machine_pairs(results: Results) -> list[tuple[str, int, str, str]]:
+    """(comparison, seed, baseline's machine, treatment's machine) for every paired seed whose two cells
+    ran on different machines (each result's ``device``). Float kernels differ between CPUs by about as
+    much as the smaller effects the study measures, so such a difference mixes machine and treatment."""
+    if results.grid is None:
+        return []
+    device = {(r["cell"], r["seed"]): r.get("device") for r in results.records}
+    out = []
+    for pair in results.grid.spec.compare:
+        (bc, _), (tc, _) = pair.sides
+        for seed in results.seeds:
+            base, treat = device.get((bc, seed)), device.get((tc, seed))
+            if base is not None and treat is not None and base != treat:
+                out.append((pair.label, seed, base, treat))
+    return out
+
+
+def machine_warning(results: Results) -> str | None:
+    pairs = cross_machine_pairs(results)
+    if not pairs:
+        return None
+    listed = "; ".join(f"{label}, seed {seed}: {base} / {treat}" for label, seed, base, treat in pairs)
+    return (f"⚠ {len(pairs)} paired seed{'s' if len(pairs) != 1 else ''} ran baseline and treatment on different "
+            f"machines ({listed}): those differences include the machines' float differences. Rerun one side on "
+            "the other's machine to pair them cleanly.")
+
+
 def missing_runs(results: Results) -> dict[str, list[int]]:
     """The grid's (cell, seeds) without a current result, in the grid's order."""
     if results.grid is None:
@@ -448,9 +475,9 @@ def readme_block(results: Results) -> str:
         only, command = " only", f"`dogo report results/{results.name} --seeds {listed}` prints it"
     parts = [f"Grid `{results.name}`: {len(results.records)} results, seeds {', '.join(map(str, results.seeds))}{only} "
              f"({shown}; {command})."]
-    warning = seed_warning(results)
-    if warning:
-        parts.append(warning)
+    for warning in (seed_warning(results), machine_warning(results)):
+        if warning:
+            parts.append(warning)
     missing = missing_runs(results)
     if missing:
         parts.append("Not run yet (no row or comparison for them): " + ", ".join(
@@ -785,4 +812,4 @@ __all__ = ["load_results", "means_table", "comparisons_table", "readme_block",
            "format_report", "write_report", "write_figures", "readme_blocks", "replace_readme_block", "rerun_table",
            "differences_matrix", "intervals_excluding_zero", "chance_line",
            "prediction_checks", "prediction_verdict", "predictions_table", "format_interval", "replace_between_markers",
-           "format_power"]
+           "format_power", "cross_machine_pairs"]

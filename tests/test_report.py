@@ -13,6 +13,7 @@ from dogo.errors import ConfigError, DogoError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
 from dogo.report import (
     chance_line,
+    cross_machine_pairs,
     format_power,
     format_report,
     intervals_excluding_zero,
@@ -117,6 +118,20 @@ def test_report_names_the_runs_not_done_yet_and_adopted_results(three_seeds):
     assert "- adopted from grid `main_study` (the same experiments): alone-s2" in format_report(results).splitlines()
     (folder / "dogo-s1.json").write_text(json.dumps(fake_record(grid, "dogo", 1, {"small": 1.0}, {"small": (1.0, 1.0)})))
     assert "dogo (seed 2)." in readme_block(load_results(folder, grid))
+
+
+def test_report_warns_of_seeds_whose_two_sides_ran_on_different_machines(three_seeds):
+    grid, folder, _ = three_seeds
+    assert cross_machine_pairs(load_results(folder, grid)) == []  # every fake record ran on "cpu"
+    record = json.loads((folder / "dogo-s1.json").read_text())
+    record["device"] = "AMD EPYC"
+    (folder / "dogo-s1.json").write_text(json.dumps(record))
+    results = load_results(folder, grid)
+    assert cross_machine_pairs(results) == [("small: DoGo - alone", 1, "cpu", "AMD EPYC")]
+    warning = ("⚠ 1 paired seed ran baseline and treatment on different machines (small: DoGo - alone, seed 1: "
+               "cpu / AMD EPYC): those differences include the machines' float differences. Rerun one side on "
+               "the other's machine to pair them cleanly.")
+    assert warning in readme_block(results).split("\n\n") and warning in format_report(results)
 
 
 def test_a_rerun_is_compared_with_the_reference_numbers(three_seeds, tmp_path, monkeypatch, capsys):
