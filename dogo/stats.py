@@ -10,7 +10,8 @@ Each training seed counts once (a run's value is already the mean over its evalu
 - ``planned_power``: before fresh seeds run, the chance that n of them confirm a difference of the size
   and spread measured earlier (a noncentral t).
 
-Inputs are plain dicts {seed: value}, so a notebook can use them on any table.
+The inputs are plain Python (numbers; dicts {seed: value} for the paired difference), so a notebook
+can use them on any table.
 """
 
 from __future__ import annotations
