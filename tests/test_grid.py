@@ -405,7 +405,8 @@ def test_committed_grid_files_are_valid():
         "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml",
         "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
-        "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml"]
+        "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml",
+        "weight_dose_cnn.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -509,6 +510,12 @@ def test_committed_grid_files_are_valid():
     # The seventh batch: the same two cells on seeds 40-45, which none of the grids before ran.
     seventh = load_grid(REPO / "configs/grids/corruption_cnn_confirm.yaml")
     assert_same_cells_on_fresh_seeds(seventh, fresh20, list(range(40, 46)), weights.spec.seeds + fresh20.spec.seeds)
+    # Weight 0.3 beside the seventh batch's weight 0 and weight 1, adopted: the same experiments.
+    dose = load_grid(REPO / "configs/grids/weight_dose_cnn.yaml")
+    assert dose.eval_settings == seventh.eval_settings and dose.spec.seeds == seventh.spec.seeds
+    for cell in ("weight_0", "weight_1"):
+        assert config_hash(dose.config(cell, 40)) == config_hash(seventh.config(cell, 40)), cell
+    assert [p.distill_weight for p in dose.config("weight_0.3", 40).peers] == [0.3, 0.3]
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
