@@ -57,8 +57,10 @@ def ledger_rows(grids: list[Grid], results_root: str | Path = REPO / "results") 
     rows = []
     for grid in grids:
         folder = Path(results_root) / grid.name
-        # A grid not run anywhere yet has no folder: no results, so every prediction is pending.
-        results = load_results(folder, grid) if folder.is_dir() else Results(grid.name, grid, tidy([]), [], [])
+        # A grid not run anywhere yet has no folder: no results, so every prediction is pending (its
+        # power, from the grid it confirms, is known before its seeds run).
+        results = (load_results(folder, grid) if folder.is_dir()
+                   else Results(grid.name, grid, tidy([]), [], [], folder=folder))
         rows += [{"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c} for c in prediction_checks(results)]
     return rows
 

@@ -406,7 +406,7 @@ def test_committed_grid_files_are_valid():
         "noisy_cnn_confirm.yaml",
         "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
         "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml",
-        "weight_dose_cnn.yaml"]
+        "weight_dose_cnn.yaml", "weight_dose_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -516,6 +516,11 @@ def test_committed_grid_files_are_valid():
     for cell in ("weight_0", "weight_1"):
         assert config_hash(dose.config(cell, 40)) == config_hash(seventh.config(cell, 40)), cell
     assert [p.distill_weight for p in dose.config("weight_0.3", 40).peers] == [0.3, 0.3]
+    # The eighth batch: weight 0.3 and weight 1 on seeds none of the grids before ran.
+    eighth = load_grid(REPO / "configs/grids/weight_dose_confirm.yaml")
+    assert eighth.spec.compare == dose.spec.compare[2:]
+    assert_same_cells_on_fresh_seeds(eighth, dose, list(range(46, 52)), weights.spec.seeds + fresh20.spec.seeds
+                                     + seventh.spec.seeds, cells=["weight_0.3", "weight_1"])
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds

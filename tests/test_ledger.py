@@ -31,7 +31,8 @@ def study(three_seeds, tmp_path):  # noqa: F811 (the imported fixture)
     write_grid(grids / "tiny_fresh.yaml", fresh_grid_data())
     write_grid(grids / "tiny_later.yaml", fresh_grid_data(
         name="tiny_later", seeds=[6, 7, 8],
-        predictions=[{"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "within_noise"}]))
+        predictions=[{"comparison": "small: DoGo - alone", "protocol": "linear", "expect": "within_noise"},
+                     {"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "higher"}]))
     return grids, explored_folder.parent
 
 
@@ -44,7 +45,9 @@ EXPECTED_ROWS = [
     "not confirmed: within noise |",
     "| `tiny_fresh` | 3-5 | small: DoGo - alone | limited 1% labels | lower | n/a | n/a | no measure limited "
     "'1% labels' in the results (its settings: '10% labels') |",
-    "| `tiny_later` | 6-8 | small: DoGo - alone | knn | within noise | n/a | n/a | pending (0 of 3 seeds) |",
+    # never run: its power, from the grid it confirms (tiny, +3.00 with sd 1.00), is known before its seeds run
+    "| `tiny_later` | 6-8 | small: DoGo - alone | linear | within noise | n/a | n/a | pending (0 of 3 seeds) |",
+    "| `tiny_later` | 6-8 | small: DoGo - alone | knn k=200 T=0.1 | higher | 75 % | n/a | pending (0 of 3 seeds) |",
 ]
 
 
@@ -55,8 +58,8 @@ def test_the_ledger_lists_every_prediction_with_its_grid_verdict(study):
     table = ledger_table(ledger_rows(grids, results_root))
     lines = table.splitlines()
     assert lines[0] == (
-        "4 predictions in 2 grid files, each committed before its seeds ran (the verdicts of each grid's own "
-        "report). A difference predicted (lower or higher): 1 of 3 confirmed, 1 not confirmed, 0 pending. No "
+        "5 predictions in 2 grid files, each committed before its seeds ran (the verdicts of each grid's own "
+        "report). A difference predicted (lower or higher): 1 of 4 confirmed, 1 not confirmed, 1 pending. No "
         "difference predicted (controls): 0 of 1 held, 0 did not, 1 pending; a control that holds found no "
         "difference on its seeds, which is not proof that there is none. 1 without a verdict (see the table). "
         "Power of the 1 not confirmed: at least 80 % in 0, less than 50 % in 1; power is the chance the seeds had "
@@ -79,7 +82,7 @@ def test_ledger_command_rewrites_the_readme_block_in_the_readme_order(study, tmp
     text = readme.read_text()
     block = text.partition(MARKERS[0] + "\n")[2].partition("\n" + MARKERS[1])[0]
     assert block == ledger_block(grids_dir, results_root, readme) == capsys.readouterr().out.strip()
-    assert block.splitlines()[4:] == [EXPECTED_ROWS[3], *EXPECTED_ROWS[:3]]  # tiny_later's block comes first
+    assert block.splitlines()[4:] == [*EXPECTED_ROWS[3:], *EXPECTED_ROWS[:3]]  # tiny_later's block comes first
     assert text.startswith("# study\n") and text.endswith("<!-- /report:tiny_fresh -->\n")
     # without markers: one error line, the README untouched
     readme.write_text("# no ledger here\n")
