@@ -75,6 +75,17 @@ def available_memory_bytes() -> int | None:
     return None if kib is None else kib * 1024
 
 
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's native bf16 instructions (Linux flags ``avx512_bf16``, ``amx_bf16``): whether bf16
+    autocast can pay on this CPU depends on them (benchmarks/RESULTS.md). Empty where unknown."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def machine_description(device: str = "cpu") -> dict:
     """Date, CPU, cores, memory, versions and the GPU (if ``device`` is CUDA) of this run."""
     import torch
@@ -86,6 +97,7 @@ def machine_description(device: str = "cpu") -> dict:
     info = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": device_name("cpu"),
+        "cpu_bf16": cpu_bf16_flags(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": None if total_kib is None else round(total_kib / 2**20, 1),

@@ -118,6 +118,18 @@ def test_loss_memory_guard_refuses_the_broadcast_form_at_4096_but_not_ours():
     assert bench_losses.estimated_peak_bytes("nt_xent", "matmul", 4096, 128) < 24 * gib
 
 
+def test_cpu_bf16_flags_reads_the_native_bf16_instructions_from_cpuinfo(tmp_path):
+    from _measure import cpu_bf16_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_tile amx_bf16 avx512_bf16 avx512_vnni\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx512f amx_tile amx_bf16 avx512_bf16 avx512_vnni\n")
+    assert cpu_bf16_flags(str(cpuinfo)) == ["amx_bf16", "avx512_bf16"]
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert cpu_bf16_flags(str(cpuinfo)) == []
+    assert cpu_bf16_flags(str(tmp_path / "absent")) == []
+
+
 def test_peak_tflops_table():
     assert bench_train.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert bench_train.peak_tflops("NVIDIA H200") == 989.0
