@@ -401,7 +401,7 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
-        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml",
+        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml",
         "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml",
         "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
@@ -521,6 +521,15 @@ def test_committed_grid_files_are_valid():
     assert eighth.spec.compare == dose.spec.compare[2:]
     assert_same_cells_on_fresh_seeds(eighth, dose, list(range(46, 52)), weights.spec.seeds + fresh20.spec.seeds
                                      + seventh.spec.seeds, cells=["weight_0.3", "weight_1"])
+    # Three times longer: the main grid's small CNN cells with 12 epochs instead of 4, nothing else changed.
+    longer = load_grid(REPO / "configs/grids/epochs_cnn_12.yaml")
+    assert longer.eval_settings == cpu.eval_settings and longer.spec.compare == cpu.spec.compare[:1]
+    assert [c.name for c in longer.spec.cells] == ["small_alone", "dogo"]
+    for cell in longer.spec.cells:
+        cfg = longer.config(cell.name, 2)
+        assert cfg.train.epochs == 12 and cpu.config(cell.name, 2).train.epochs == 4
+        cfg.train.epochs = 4
+        assert config_hash(cfg) == config_hash(cpu.config(cell.name, 2)), cell.name
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
