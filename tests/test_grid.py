@@ -401,9 +401,9 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
-        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "gpu_fmnist_r18_r50.yaml",
-        "linear_cnn_confirm.yaml", "linear_cnn_power.yaml", "noisy_cnn_confirm.yaml", "null_small_cnn.yaml",
-        "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
+        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_confirm.yaml",
+        "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml", "noisy_cnn_confirm.yaml",
+        "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
         "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml",
         "weight_dose_cnn.yaml", "weight_dose_confirm.yaml"]
     for f in files:
@@ -529,6 +529,9 @@ def test_committed_grid_files_are_valid():
         assert cfg.train.epochs == 12 and cpu.config(cell.name, 2).train.epochs == 4
         cfg.train.epochs = 4
         assert config_hash(cfg) == config_hash(cpu.config(cell.name, 2)), cell.name
+    # Its confirmation: the same 12-epoch cells on seeds no 12-epoch run used.
+    longer_fresh = load_grid(REPO / "configs/grids/epochs_cnn_12_confirm.yaml")
+    assert_same_cells_on_fresh_seeds(longer_fresh, longer, list(range(5, 11)), longer.spec.seeds)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
