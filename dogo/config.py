@@ -7,7 +7,9 @@ Every mistake fails before any work with one ``ConfigError`` that names the key,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -299,7 +301,7 @@ _ABSENT = object()
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (``peers.0.width=64`` for list items) to plain config data."""
-    data = yaml.safe_load(yaml.safe_dump(data)) or {}  # deep copy
+    data = copy.deepcopy(data) if data else {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=5")
@@ -342,10 +344,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _parse_config_text(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
-    return from_dict(apply_overrides(data, overrides or []))
+    return from_dict(apply_overrides(data, overrides or []))  # a copy: the cached data stays as read
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_config_text(text: str) -> Any:
+    """A config file's YAML, parsed once per distinct text: a grid's report builds one config per result,
+    hundreds from the same few files, and parsing is most of that time. Keyed by the text itself, so an
+    edited file is parsed again; callers copy before they change it (``apply_overrides``)."""
+    return yaml.safe_load(text) or {}
 
 
 def load_config_from(cfg: Config, overrides: list[str]) -> Config:

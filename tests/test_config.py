@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dogo import Config, ConfigError, load_config
-from dogo.config import BACKBONES, DATASETS, OBJECTIVES, PeerConfig, apply_overrides, from_dict
+from dogo.config import BACKBONES, DATASETS, OBJECTIVES, PeerConfig, _parse_config_text, apply_overrides, from_dict
 
 
 def config_error(data=None, overrides=None) -> str:
@@ -86,6 +86,19 @@ def test_missing_or_invalid_file(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="config: expected a mapping at the top level, got list"):
         load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_a_config_file_is_parsed_once_and_again_when_edited(tmp_path):
+    path = write(tmp_path, "train: {epochs: 3}\npeers: [{name: a, width: 8}]\n")
+    hits = _parse_config_text.cache_info().hits
+    changed = load_config(path, ["train.epochs=5", "peers.0.width=32"])
+    again = load_config(path)
+    assert _parse_config_text.cache_info().hits == hits + 1  # the second load did not parse the file
+    # Overrides changed a copy: the cached data, and so the next load, is the file as written.
+    assert (changed.train.epochs, changed.peers[0].width) == (5, 32)
+    assert (again.train.epochs, again.peers[0].width) == (3, 8)
+    path.write_text("train: {epochs: 4}\npeers: [{name: a, width: 8}]\n")  # same size, new text
+    assert load_config(path).train.epochs == 4
 
 
 # ------------------------------------------------------------------------------- mistakes, one message each
