@@ -401,11 +401,11 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
-        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_confirm.yaml",
-        "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml", "noisy_cnn_confirm.yaml",
-        "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml", "small_cnn_15seeds.yaml",
-        "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml",
-        "weight_dose_cnn.yaml", "weight_dose_confirm.yaml"]
+        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
+        "epochs_cnn_12_confirm.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
+        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml",
+        "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
+        "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -532,6 +532,14 @@ def test_committed_grid_files_are_valid():
     # Its confirmation: the same 12-epoch cells on seeds no 12-epoch run used.
     longer_fresh = load_grid(REPO / "configs/grids/epochs_cnn_12_confirm.yaml")
     assert_same_cells_on_fresh_seeds(longer_fresh, longer, list(range(5, 11)), longer.spec.seeds)
+    # Both 12-epoch batches pooled, adopted: the same cells, evaluation and comparison on seeds 0-10.
+    longer_all = load_grid(REPO / "configs/grids/epochs_cnn_12_11seeds.yaml")
+    assert longer_all.spec.seeds == longer.spec.seeds + longer_fresh.spec.seeds and not longer_all.spec.predictions
+    assert longer_all.eval_settings == longer.eval_settings and longer_all.spec.compare == longer.spec.compare
+    for seed in longer_all.spec.seeds:
+        batch = longer if seed in longer.spec.seeds else longer_fresh
+        for cell in longer.spec.cells:
+            assert config_hash(longer_all.config(cell.name, seed)) == config_hash(batch.config(cell.name, seed))
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
