@@ -405,7 +405,7 @@ def test_committed_grid_files_are_valid():
         "epochs_cnn_12_confirm.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
-        "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml"]
+        "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -520,6 +520,11 @@ def test_committed_grid_files_are_valid():
     assert eighth.spec.compare == dose.spec.compare[2:]
     assert_same_cells_on_fresh_seeds(eighth, dose, list(range(46, 52)), weights.spec.seeds + fresh20.spec.seeds
                                      + seventh.spec.seeds, cells=["weight_0.3", "weight_1"])
+    # The tenth batch: weight 0 and weight 0.3 on seeds none of the grids before ran.
+    tenth = load_grid(REPO / "configs/grids/weight_zero_confirm.yaml")
+    assert tenth.spec.compare == dose.spec.compare[:2]
+    assert_same_cells_on_fresh_seeds(tenth, dose, list(range(52, 58)), weights.spec.seeds + fresh20.spec.seeds
+                                     + seventh.spec.seeds + eighth.spec.seeds, cells=["weight_0", "weight_0.3"])
     # Three times longer: the main grid's small CNN cells with 12 epochs instead of 4, nothing else changed.
     longer = load_grid(REPO / "configs/grids/epochs_cnn_12.yaml")
     assert longer.eval_settings == cpu.eval_settings and longer.spec.compare == cpu.spec.compare[:1]
