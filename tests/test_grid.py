@@ -390,6 +390,16 @@ def assert_same_cells_on_fresh_seeds(batch, source, seeds, earlier_seeds, cells=
         assert config_hash(batch.config(cell.name, seeds[0])) == config_hash(source.config(cell.name, seeds[0])), cell.name
 
 
+def assert_pooled(pooled, batches):
+    """A pooled reading: the ``batches``' seeds in order, each (cell, seed) the experiment its batch ran."""
+    assert pooled.spec.seeds == [seed for batch in batches for seed in batch.spec.seeds]
+    of_seed = {seed: batch for batch in batches for seed in batch.spec.seeds}
+    for cell in pooled.spec.cells:
+        for seed in pooled.spec.seeds:
+            assert config_hash(pooled.config(cell.name, seed)) == config_hash(of_seed[seed].config(cell.name, seed)), \
+                (cell.name, seed)
+
+
 def assert_only_the_views_differ(cfg, view_seed, alone):
     """``cfg`` is ``alone`` with another stream of views (``augment.view_seed``), another experiment."""
     assert cfg.augment.view_seed == view_seed and config_hash(cfg) != config_hash(alone)
@@ -486,11 +496,7 @@ def test_committed_grid_files_are_valid():
     # Weight 0 and weight 1 beside the small CNN alone over the four batches, all adopted.
     weights = load_grid(REPO / "configs/grids/weight_cnn_20seeds.yaml")
     assert weights.eval_settings == cpu.eval_settings and weights.spec.compare == third.spec.compare
-    assert weights.spec.seeds == follow_up.spec.seeds + confirm.spec.seeds + third.spec.seeds + fourth.spec.seeds
-    batches = {seed: batch for batch in (follow_up, confirm, third, fourth) for seed in batch.spec.seeds}
-    for cell in weights.spec.cells:
-        for seed in weights.spec.seeds:
-            assert config_hash(weights.config(cell.name, seed)) == config_hash(batches[seed].config(cell.name, seed))
+    assert_pooled(weights, [follow_up, confirm, third, fourth])
     # The linear-probe lead's fifth batch: the same three cells on seeds none of the twenty ran.
     fifth = load_grid(REPO / "configs/grids/linear_cnn_confirm.yaml")
     assert_same_cells_on_fresh_seeds(fifth, weights, [20, 21, 22, 23, 24], weights.spec.seeds)
@@ -501,11 +507,8 @@ def test_committed_grid_files_are_valid():
     # The two fresh batches pooled: the same two cells on seeds 20-39, every result adopted from them.
     fresh20 = load_grid(REPO / "configs/grids/weight_cnn_fresh20.yaml")
     assert fresh20.eval_settings == weights.eval_settings and fresh20.spec.compare == sixth.spec.compare
-    assert fresh20.spec.seeds == fifth.spec.seeds + sixth.spec.seeds
-    for cell in ("weight_0", "weight_1"):
-        for seed in fresh20.spec.seeds:
-            batch = fifth if seed in fifth.spec.seeds else sixth
-            assert config_hash(fresh20.config(cell, seed)) == config_hash(batch.config(cell, seed)), (cell, seed)
+    assert [c.name for c in fresh20.spec.cells] == ["weight_0", "weight_1"]
+    assert_pooled(fresh20, [fifth, sixth])
     # The seventh batch: the same two cells on seeds 40-45, which none of the grids before ran.
     seventh = load_grid(REPO / "configs/grids/corruption_cnn_confirm.yaml")
     assert_same_cells_on_fresh_seeds(seventh, fresh20, list(range(40, 46)), weights.spec.seeds + fresh20.spec.seeds)
@@ -539,12 +542,10 @@ def test_committed_grid_files_are_valid():
     assert_same_cells_on_fresh_seeds(longer_fresh, longer, list(range(5, 11)), longer.spec.seeds)
     # Both 12-epoch batches pooled, adopted: the same cells, evaluation and comparison on seeds 0-10.
     longer_all = load_grid(REPO / "configs/grids/epochs_cnn_12_11seeds.yaml")
-    assert longer_all.spec.seeds == longer.spec.seeds + longer_fresh.spec.seeds and not longer_all.spec.predictions
     assert longer_all.eval_settings == longer.eval_settings and longer_all.spec.compare == longer.spec.compare
-    for seed in longer_all.spec.seeds:
-        batch = longer if seed in longer.spec.seeds else longer_fresh
-        for cell in longer.spec.cells:
-            assert config_hash(longer_all.config(cell.name, seed)) == config_hash(batch.config(cell.name, seed))
+    assert [c.name for c in longer_all.spec.cells] == [c.name for c in longer.spec.cells]
+    assert_pooled(longer_all, [longer, longer_fresh])
+    assert not longer_all.spec.predictions
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
