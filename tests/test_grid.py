@@ -412,7 +412,7 @@ def test_committed_grid_files_are_valid():
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
-        "epochs_cnn_12_confirm.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
+        "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml", "gpu_fmnist_r18_r50.yaml", "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
         "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
@@ -546,6 +546,15 @@ def test_committed_grid_files_are_valid():
     assert [c.name for c in longer_all.spec.cells] == [c.name for c in longer.spec.cells]
     assert_pooled(longer_all, [longer, longer_fresh])
     assert not longer_all.spec.predictions
+    # The eleventh batch: the same cells on seeds no 12-epoch run used, confirming the eleven pooled seeds.
+    longer_more = load_grid(REPO / "configs/grids/epochs_cnn_12_fresh.yaml")
+    assert_same_cells_on_fresh_seeds(longer_more, longer_all, list(range(11, 19)), longer_all.spec.seeds)
+    # All three 12-epoch batches pooled, adopted: seeds 0-18.
+    longer_19 = load_grid(REPO / "configs/grids/epochs_cnn_12_19seeds.yaml")
+    assert longer_19.eval_settings == longer.eval_settings and longer_19.spec.compare == longer.spec.compare
+    assert [c.name for c in longer_19.spec.cells] == [c.name for c in longer.spec.cells]
+    assert_pooled(longer_19, [longer, longer_fresh, longer_more])
+    assert not longer_19.spec.predictions
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
