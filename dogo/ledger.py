@@ -2,7 +2,7 @@
 
 A confirmation grid (``predictions:`` in ``configs/grids/*.yaml``) states which paired differences its
 fresh seeds should show: ``lower``, ``higher`` or ``within_noise``. Each grid's own report judges its
-predictions (``dogo.report.prediction_checks``); the ledger gathers those same verdicts from every grid
+predictions (``dogo.predictions.prediction_checks``); the ledger gathers those same verdicts from every grid
 into one table, so a reader sees all that the study predicted, the failures included, in one place.
 
     dogo ledger                         # print the table
@@ -23,7 +23,9 @@ from typing import Any
 
 from .errors import DogoError
 from .grid import REPO, Grid, load_grid
-from .report import Results, format_interval, format_power, load_results, prediction_checks, readme_blocks, tidy
+from .predictions import format_interval, format_power, prediction_checks
+from .report import readme_blocks
+from .results import Results, load_results
 
 MARKERS = ("<!-- ledger -->", "<!-- /ledger -->")
 # A failed test with this much power speaks against the difference; one with less than WEAK_POWER says little.
@@ -59,8 +61,7 @@ def ledger_rows(grids: list[Grid], results_root: str | Path = REPO / "results") 
         folder = Path(results_root) / grid.name
         # A grid not run anywhere yet has no folder: no results, so every prediction is pending (its
         # power, from the grid it confirms, is known before its seeds run).
-        results = (load_results(folder, grid) if folder.is_dir()
-                   else Results(grid.name, grid, tidy([]), [], [], folder=folder))
+        results = load_results(folder, grid) if folder.is_dir() else Results.none_yet(grid, folder)
         rows += [{"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c} for c in prediction_checks(results)]
     return rows
 

@@ -11,24 +11,19 @@ import pytest
 from dogo.cli import build_parser, main
 from dogo.errors import ConfigError, DogoError
 from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
+from dogo.grid_figures import plot_differences, series_styles
+from dogo.predictions import format_power, prediction_checks, prediction_verdict, predictions_table
 from dogo.report import (
     chance_line,
-    cross_machine_pairs,
-    format_power,
     format_report,
     intervals_excluding_zero,
-    load_results,
-    missing_runs,
-    plot_differences,
-    prediction_checks,
-    prediction_verdict,
-    predictions_table,
     readme_block,
     readme_blocks,
     replace_readme_block,
     rerun_table,
     write_report,
 )
+from dogo.results import cross_machine_pairs, load_results, missing_runs
 from dogo.shift import DEFAULT_LADDER
 from dogo.stats import PairedDifference
 
@@ -285,7 +280,6 @@ def test_paired_columns_show_only_the_seeds_both_sides_have(three_seeds):
 
 
 def test_figures_give_each_role_its_colour(three_seeds):
-    from dogo.report import series_styles
     from dogo.viz import ROLE_COLORS
 
     grid, folder, _ = three_seeds

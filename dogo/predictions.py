@@ -1,0 +1,142 @@
+"""Predictions written in a grid file before its seeds ran, and whether the seeds bore them out.
+
+A confirmation grid (``predictions:`` in ``configs/grids/*.yaml``) says which paired differences its fresh
+seeds should show: ``lower``, ``higher`` or ``within_noise``; ``confirms:`` names the grid where they were
+first seen. ``prediction_checks`` gives each prediction its paired difference on these seeds, the same
+comparison on the confirmed grid's results, the power the seeds had (``dogo.stats.planned_power``) and
+the verdict; ``dogo report`` prints them as ``predictions_table``, ``dogo ledger`` gathers them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .results import MIN_SEEDS, Results, format_value, load_results, main_rows, series_of
+from .stats import PairedDifference, paired_difference, planned_power
+
+
+def format_power(power: float | None) -> str:
+    """``35 %``, or ``n/a`` where no power applies."""
+    return "n/a" if power is None else f"{100 * power:.0f} %"
+
+
+def interval_side(d: PairedDifference) -> str:
+    """Where a 95 % interval lies: ``lower`` or ``higher`` than 0, or ``within_noise`` (it contains 0)."""
+    return "lower" if d.high < 0 else "higher" if d.low > 0 else "within_noise"
+
+
+def prediction_verdict(expect: str, d: PairedDifference | None, seeds_wanted: int) -> str:
+    """Whether a prediction held: "confirmed" when the 95 % interval lies on the predicted side of 0
+    (or contains 0, for ``within_noise``); "pending" until every seed of the grid is in; no verdict from
+    fewer than ``MIN_SEEDS`` seeds, whose intervals are not meaningful."""
+    n = 0 if d is None else d.n
+    if n < seeds_wanted:
+        return f"pending ({n} of {seeds_wanted} seeds)"
+    if n < MIN_SEEDS:
+        return f"no verdict from {n} seed{'s' if n != 1 else ''}: at least {MIN_SEEDS} are needed"
+    side = interval_side(d)
+    if side == expect:
+        return "confirmed"
+    if expect == "within_noise":
+        return f"not confirmed: {side}"
+    if side == "within_noise":
+        return "not confirmed: within noise"
+    return f"not confirmed: {side}, the opposite"
+
+
+def confirmed_results(results: Results) -> Results | None:
+    """The results of the grid this one confirms (a sibling folder ``results/<confirms>``), if any."""
+    spec = results.grid.spec if results.grid else None
+    if spec is None or not spec.confirms or results.folder is None:
+        return None
+    folder = results.folder.parent / spec.confirms
+    return load_results(folder) if folder.is_dir() and any(folder.glob("*.json")) else None
+
+
+def _paired(series: dict, baseline: tuple, treatment: tuple) -> PairedDifference | None:
+    base, treat = series.get(baseline), series.get(treatment)
+    return None if base is None or treat is None else paired_difference(base, treat)
+
+
+def prediction_checks(results: Results) -> list[dict[str, Any]]:
+    """Each of the grid's predictions: its measure, its paired difference on these seeds, the same
+    comparison on the results of the grid it confirms (its cells of the same names), and the verdict."""
+    return _prediction_checks(results, confirmed_results(results))
+
+
+def _prediction_checks(results: Results, explored: Results | None) -> list[dict[str, Any]]:
+    spec = results.grid.spec if results.grid else None
+    if spec is None or not spec.predictions:
+        return []
+    here = series_of(main_rows(results.table))
+    there = series_of(main_rows(explored.table)) if explored is not None else {}
+    pairs = {pair.label: pair for pair in spec.compare}
+    wanted = len(results.only_seeds if results.only_seeds is not None else spec.seeds)
+    out = []
+    for prediction in spec.predictions:
+        pair = pairs[prediction.comparison]
+        (bc, bp), (tc, tp) = pair.sides
+        measures = list(dict.fromkeys((k[3], k[4]) for series in (here, there) for k in series
+                                      if k[:3] == (tc, tp, prediction.protocol)))
+        found = [m for m in measures if m[0] == prediction.setting or (not prediction.setting and len(measures) == 1)]
+        row = {"comparison": prediction.comparison, "protocol": prediction.protocol, "expect": prediction.expect,
+               "setting": prediction.setting, "metric": "top1", "difference": None, "explored": None, "power": None}
+        if not found:
+            listed = ", ".join(repr(m[0]) for m in measures)
+            row["verdict"] = (f"no measure {prediction.protocol} {prediction.setting!r} in the results (its "
+                              f"settings: {listed})" if measures else prediction_verdict(prediction.expect, None, wanted))
+            out.append(row)
+            continue
+        setting, metric = found[0]
+        row.update(setting=setting, metric=metric)
+        measure = (prediction.protocol, setting, metric)
+        row["difference"], row["explored"] = (_paired(series, (bc, bp, *measure), (tc, tp, *measure))
+                                              for series in (here, there))
+        row["verdict"] = prediction_verdict(prediction.expect, row["difference"], wanted)
+        row["power"] = planned_power(prediction.expect, row["explored"], wanted)
+        out.append(row)
+    return out
+
+
+def format_interval(d: PairedDifference | None, metric: str) -> str:
+    """``+1.23 [+0.45, +2.01]``: a paired difference and its 95 % interval, as the predictions tables show it."""
+    if d is None:
+        return "n/a"
+    if d.n < 2:
+        return f"{format_value(d.mean, metric, True)} (1 seed)"
+    low, high = format_value(d.low, metric, True), format_value(d.high, metric, True)
+    return f"{format_value(d.mean, metric, True)} [{low}, {high}]"
+
+
+def predictions_table(results: Results) -> str | None:
+    """Markdown: each prediction, the interval that suggested it, the fresh seeds' interval, the verdict."""
+    if results.grid is None or not results.grid.spec.predictions:
+        return None
+    explored = confirmed_results(results)  # read once, for the column and its header
+    checks = _prediction_checks(results, explored)
+    spec = results.grid.spec
+    source = (f"`{spec.confirms}`, seeds {', '.join(map(str, explored.seeds))}" if explored is not None
+              else f"`{spec.confirms}` (no results found)")
+
+    before = bool(spec.confirms)  # a grid that confirms none (predictions from elsewhere) has no "before" column
+    lines = ["| comparison | measure | predicted | " + (f"before ({source}) | power | " if before else "")
+             + "these seeds | verdict |", "|---|---|---|" + ("---:|---:|" if before else "") + "---:|---|"]
+    for c in checks:
+        measure = f"{c['protocol']} {c['setting']}".strip()
+        earlier = f"{format_interval(c['explored'], c['metric'])} | {format_power(c['power'])} | " if before else ""
+        lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | {earlier}"
+                     f"{format_interval(c['difference'], c['metric'])} | {c['verdict']} |")
+    counts = {kind: sum(c["verdict"].startswith(kind) for c in checks)
+              for kind in ("confirmed", "not confirmed", "pending", "no verdict")}
+    unread = f", {counts['no verdict']} without a verdict" if counts["no verdict"] else ""
+    head = (f"Predictions written in `{spec.name}`'s grid file before its seeds ran: {counts['confirmed']} of "
+            f"{len(checks)} confirmed, {counts['not confirmed']} not confirmed, {counts['pending']} pending{unread} "
+            "(confirmed: the 95 % interval on the predicted side of 0, or containing 0 where no difference was "
+            "predicted)." + (" Power: the chance these seeds had to confirm a predicted difference if it were as "
+                             "large, and as spread over seeds, as before (optimistic where the earlier size was "
+                             "picked by looking)." if before else ""))
+    return head + "\n\n" + "\n".join(lines)
+
+
+__all__ = ["prediction_checks", "prediction_verdict", "predictions_table", "confirmed_results", "interval_side",
+           "format_interval", "format_power"]
