@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from dogo.grid import load_grid
+from dogo.grid_file import load_grid
 
 TINY_OVERRIDES = ["data.limit=256", "data.eval_limit=200", "train.epochs=1", "train.batch_size=128",
                   "train.knn_k=20", "train.knn_every=1", "train.warmup_epochs=0"]

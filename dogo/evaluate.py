@@ -552,7 +552,7 @@ def compare_runs(run_dirs: Sequence[str | Path], protocols: Iterable[str] | str 
 # ============================================================================ reading the table
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def summary_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and count over seeds for every (run, peer, protocol, setting, metric)."""
     df = df.assign(ladder=df["ladder"].fillna("")) if "ladder" in df else df.assign(ladder="")
     keys = ["run", "peer", "protocol", "setting", "ladder", "metric"]
@@ -565,7 +565,7 @@ def format_summary(df: pd.DataFrame) -> str:
     cells = top-1 % (mean +- std over seeds where there are several); t-SNE shows the silhouette."""
     if df.empty:
         return "(no results)"
-    s = summarize(df)
+    s = summary_over_seeds(df)
     s["model"] = model_label(s)
     blocks = []
     for protocol in [p for p in PROTOCOLS if p in set(s["protocol"])]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DogoError
-from .grid import REPO, Grid, load_grid
+from .grid_file import REPO, Grid, load_grid
 from .predictions import format_interval, format_power, prediction_checks
 from .report import readme_blocks
 from .results import Results, load_results

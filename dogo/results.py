@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 
 from .errors import DogoError
-from .grid import REPO, Grid, config_hash, load_grid, read_result, result_name, stale_reasons
+from .grid import NUMERICS_VERSION, SCHEMA_VERSION, config_hash, read_result, result_name, stale_reasons
+from .grid_file import REPO, Grid, load_grid
 from .stats import paired_difference, summarize
 
 MIN_SEEDS = 3  # fewer seeds than this: intervals are printed with a warning
@@ -59,8 +60,6 @@ def load_results(results_dir: str | Path, grid: Grid | str | Path | None = None,
     """Read every ``*.json`` of a result folder; keep the current ones (for ``grid``, by default
     ``configs/grids/<name>.yaml`` when it exists), list the others as stale. With ``seeds``, only the
     results of those run seeds count (the others are left out, not stale)."""
-    from .grid import NUMERICS_VERSION, SCHEMA_VERSION
-
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise DogoError(f"result folder {results_dir} does not exist")

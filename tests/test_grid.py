@@ -23,7 +23,8 @@ import dogo
 import dogo.grid
 from dogo.cli import main
 from dogo.errors import ConfigError
-from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, adopt_results, config_hash, load_grid, plan, run_grid
+from dogo.grid import NUMERICS_VERSION, SCHEMA_VERSION, adopt_results, config_hash, plan, run_grid
+from dogo.grid_file import REPO, load_grid
 from dogo.shift import DEFAULT_LADDER
 
 from .helpers import run_cli

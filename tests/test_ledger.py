@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dogo.cli import main
-from dogo.grid import REPO
+from dogo.grid_file import REPO
 from dogo.ledger import MARKERS, grids_with_predictions, ledger_block, ledger_rows, ledger_table, seed_span
 
 from .test_grid import tiny_grid_data, write_grid

@@ -10,8 +10,9 @@ import pytest
 
 from dogo.cli import build_parser, main
 from dogo.errors import ConfigError, DogoError
-from dogo.grid import NUMERICS_VERSION, REPO, SCHEMA_VERSION, config_hash, load_grid
+from dogo.grid import NUMERICS_VERSION, SCHEMA_VERSION, config_hash
 from dogo.grid_figures import plot_differences, series_styles
+from dogo.grid_file import REPO, load_grid
 from dogo.predictions import format_power, prediction_checks, prediction_verdict, predictions_table
 from dogo.report import (
     chance_line,
