@@ -23,7 +23,7 @@ from .cli import SeedList
 from .errors import DogoError
 from .grid import result_name
 from .grid_figures import write_figures
-from .predictions import predictions_table
+from .predictions import format_interval, predictions_table
 from .results import (
     KEYS,
     MIN_SEEDS,
@@ -32,6 +32,7 @@ from .results import (
     comparisons,
     cross_machine_pairs,
     format_value,
+    gains_by_seed,
     in_protocol_order,
     load_results,
     main_rows,
@@ -39,7 +40,7 @@ from .results import (
     missing_runs,
     row_order,
 )
-from .stats import Summary, summarize
+from .stats import Summary, paired_difference, summarize
 
 
 def _differences_style(results: Results) -> bool:
@@ -265,6 +266,42 @@ def rerun_table(rerun: Results, reference: Results) -> str:
     return "\n\n".join([" ".join(head), "\n".join(lines)])
 
 
+# ============================================================================ the same comparison in two grids
+
+
+def beside_table(results: Results, other: Results) -> str:
+    """Markdown: every comparison both grids make (the same label, the same headline measure), its paired
+    difference in each grid, and the change from ``other`` to ``results`` paired by run seed: for each
+    seed both grids ran, its difference here minus its difference there, with the 95 % interval of the
+    mean change. A seed fixes the initial weights and the data order, so pairing by seed takes out what
+    the two grids' runs of one seed share; an interval that contains 0 cannot tell the two sizes apart."""
+    mine, theirs = gains_by_seed(results), gains_by_seed(other)
+    keys = [key for key in mine if key in theirs]
+    if not keys:
+        return f"(no comparison of the same label and measure in `{results.name}` and `{other.name}`)"
+    lines = [f"| comparison | measure | `{other.name}` | `{results.name}` | change | seeds paired |",
+             "|---|---|---:|---:|---:|---:|"]
+    here, there = ({(c["label"], c["protocol"], c["setting"], c["metric"]): c["difference"] for c in comparisons(g)}
+                   for g in (results, other))
+    for key in keys:
+        label, protocol, setting, metric = key
+        change = paired_difference(theirs[key], mine[key])
+        lines.append(f"| {label} | {measure_label(protocol, setting, metric)} | "
+                     f"{format_interval(there[key], metric)} | {format_interval(here[key], metric)} | "
+                     f"{format_interval(change, metric)} | {change.n} |")
+    head = [f"Change: the paired difference in `{results.name}` minus the same in `{other.name}`, paired by run "
+            "seed over the seeds both have; each grid's column is its own paired difference over its seeds."]
+    hashes = {r["config_hash"] for r in other.records} & {r["config_hash"] for r in results.records}
+    if hashes:
+        head.append(f"⚠ {len(hashes)} run(s) are the same experiment in both grids (one config hash): their seeds "
+                    "measure one thing twice, so the change there is 0 by construction.")
+    devices = [sorted({r.get("device", "?") for r in g.records}) for g in (other, results)]
+    if devices[0] != devices[1]:
+        head.append(f"The grids ran on {', '.join(devices[0])} (`{other.name}`) and {', '.join(devices[1])} "
+                    f"(`{results.name}`): the change includes the machines' float differences.")
+    return "\n\n".join([" ".join(head), "\n".join(lines)])
+
+
 # ============================================================================ README block
 
 
@@ -332,21 +369,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--against", default=None, metavar="REFERENCE_DIR",
                         help="also compare every (cell, seed) found in both folders with the reference's numbers, "
                              "e.g. a re-run of committed cells against results/NAME")
+    parser.add_argument("--beside", default=None, metavar="OTHER_DIR",
+                        help="print only the comparisons this grid shares with another grid's results (the same "
+                             "label and measure), each grid's paired difference and the change between them paired "
+                             "by run seed, e.g. results/epochs_cnn_12_19seeds --beside results/small_cnn_15seeds; "
+                             "writes nothing")
+    parser.add_argument("--beside-grid", default=None, metavar="GRID.yaml",
+                        help="the other grid's file (default configs/grids/NAME.yaml of the --beside folder)")
     parser.set_defaults(func=_command)
 
 
 def _command(args: argparse.Namespace) -> int:
-    if args.seeds is not None:
-        # A subset of seeds is a reading, not the grid's report: it must not overwrite the committed files.
-        given = [flag for flag, value in (("--readme", args.readme), ("--figures", args.figures),
-                                           ("--against", args.against)) if value]
+    if args.beside_grid is not None and args.beside is None:
+        raise DogoError("--beside-grid names the grid file of a --beside folder: give --beside too")
+    if args.seeds is not None or args.beside is not None:
+        # A subset of seeds, or two grids side by side, is a reading, not the grid's report: it must not
+        # overwrite the committed files.
+        flag = "--seeds prints a report of some seeds" if args.beside is None else "--beside prints a table"
+        given = [name for name, value in (("--readme", args.readme), ("--figures", args.figures),
+                                          ("--against", args.against)) if value]
         if given:
-            raise DogoError(f"--seeds prints a report of some seeds and writes nothing: drop {', '.join(given)}")
+            raise DogoError(f"{flag} and writes nothing: drop {', '.join(given)}")
         results = load_results(args.results, args.grid, seeds=args.seeds)
-        missing = sorted(set(args.seeds) - set(results.seeds))
+        missing = sorted(set(args.seeds or []) - set(results.seeds))
         if missing:
             raise DogoError(f"--seeds: no current result in {args.results} has seed {', '.join(map(str, missing))}")
-        print(format_report(results))
+        if args.beside is None:
+            print(format_report(results))
+        else:
+            other = load_results(args.beside, args.beside_grid)
+            if other.grid is None:
+                raise DogoError(f"--beside: no grid file configs/grids/{other.name}.yaml for {args.beside}; give it "
+                                "with --beside-grid")
+            print(f"## `{results.name}` beside `{other.name}`\n\n" + beside_table(results, other))
         return 0
     figures = args.figures or (None if args.against else "figures")
     results, text = write_report(args.results, args.grid, None if args.no_figures else figures, args.readme)
@@ -359,4 +414,5 @@ def _command(args: argparse.Namespace) -> int:
 
 __all__ = ["means_table", "comparisons_table", "differences_matrix", "intervals_excluding_zero", "chance_line",
            "seed_warning", "machine_warning", "readme_block", "format_report", "write_report", "rerun_table",
+           "beside_table",
            "readme_blocks", "replace_readme_block", "replace_between_markers"]

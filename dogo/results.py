@@ -156,25 +156,38 @@ def series_of(table: pd.DataFrame) -> dict[tuple, dict[int, float]]:
     return {k: dict(zip(g["seed"], g["value"])) for k, g in table.groupby(KEYS, sort=False)}
 
 
-def comparisons(results: Results) -> list[dict[str, Any]]:
-    """For every compare pair of the grid and every headline row both sides have: the paired difference."""
+def _paired_sides(results: Results):
+    """(comparison label, (protocol, setting, metric), baseline {seed: value}, treatment {seed: value}) for
+    every compare pair of the grid and every headline measure both sides have."""
     if results.grid is None:
-        return []
+        return
     table = main_rows(results.table)
     series = series_of(table)
-    out = []
     for pair in results.grid.spec.compare:
         (bc, bp), (tc, tp) = pair.sides
-        for protocol, setting, metric in row_order(table):
-            base, treat = series.get((bc, bp, protocol, setting, metric)), series.get((tc, tp, protocol, setting, metric))
-            if base is None or treat is None:
-                continue
-            paired = sorted(set(base) & set(treat))  # the columns show exactly what is differenced
-            out.append({"label": pair.label, "protocol": protocol, "setting": setting, "metric": metric,
-                        "baseline": summarize(base[s] for s in paired),
-                        "treatment": summarize(treat[s] for s in paired),
-                        "difference": paired_difference(base, treat)})
+        for measure in row_order(table):
+            base, treat = series.get((bc, bp, *measure)), series.get((tc, tp, *measure))
+            if base is not None and treat is not None:
+                yield pair.label, measure, base, treat
+
+
+def comparisons(results: Results) -> list[dict[str, Any]]:
+    """For every compare pair of the grid and every headline row both sides have: the paired difference."""
+    out = []
+    for label, (protocol, setting, metric), base, treat in _paired_sides(results):
+        paired = sorted(set(base) & set(treat))  # the columns show exactly what is differenced
+        out.append({"label": label, "protocol": protocol, "setting": setting, "metric": metric,
+                    "baseline": summarize(base[s] for s in paired),
+                    "treatment": summarize(treat[s] for s in paired),
+                    "difference": paired_difference(base, treat)})
     return out
+
+
+def gains_by_seed(results: Results) -> dict[tuple[str, str, str, str], dict[int, float]]:
+    """{(comparison label, protocol, setting, metric): {run seed: treatment - baseline}} over the seeds
+    where both sides of the comparison have a result."""
+    return {(label, *measure): {s: treat[s] - base[s] for s in sorted(set(base) & set(treat))}
+            for label, measure, base, treat in _paired_sides(results)}
 
 
 def measure_label(protocol: str, setting: str, metric: str) -> str:
@@ -219,6 +232,6 @@ def missing_runs(results: Results) -> dict[str, list[int]]:
     return {cell: seeds for cell, seeds in missing.items() if seeds}
 
 
-__all__ = ["Results", "load_results", "find_grid_file", "tidy", "main_rows", "comparisons", "columns_of", "series_of",
-           "in_protocol_order", "row_order", "measure_label", "format_value", "cross_machine_pairs", "missing_runs",
-           "MIN_SEEDS", "PROTOCOL_ORDER", "KEYS"]
+__all__ = ["Results", "load_results", "find_grid_file", "tidy", "main_rows", "comparisons", "gains_by_seed",
+           "columns_of", "series_of", "in_protocol_order", "row_order", "measure_label", "format_value",
+           "cross_machine_pairs", "missing_runs", "MIN_SEEDS", "PROTOCOL_ORDER", "KEYS"]

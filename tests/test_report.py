@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -15,6 +16,7 @@ from dogo.grid_figures import plot_differences, series_styles
 from dogo.grid_file import REPO, load_grid
 from dogo.predictions import format_power, prediction_checks, prediction_verdict, predictions_table
 from dogo.report import (
+    beside_table,
     chance_line,
     format_report,
     intervals_excluding_zero,
@@ -150,6 +152,58 @@ def test_a_rerun_is_compared_with_the_reference_numbers(three_seeds, tmp_path, m
     assert main(["report", str(rerun), "--grid", str(grid_file), "--against", str(folder)]) == 0
     out = capsys.readouterr().out
     assert f"## Against {folder}" in out and "+1.50 points" in out and not (tmp_path / "figures").exists()
+
+
+def test_beside_pairs_two_grids_gains_by_seed(three_seeds, tmp_path, capsys):
+    grid, folder, grid_file = three_seeds
+    data = tiny_grid_data(name="tiny_long", seeds=[1, 2, 3])
+    for cell in data["cells"]:
+        cell["overrides"] = [*cell["overrides"], "train.epochs=2"]  # another experiment: the grids share no run
+    longer = load_grid(data=data)
+    other = tmp_path / "results" / "tiny_long"
+    other.mkdir()
+    # kNN gains of the small peer: tiny (seeds 0, 1, 2) 2, 3, 4; tiny_long (seeds 1, 2, 3) 5, 7, 9.
+    for seed, alone, dogo in ((1, 50.0, 55.0), (2, 50.0, 57.0), (3, 50.0, 59.0)):
+        for cell, knn in (("alone", {"small": alone}), ("dogo", {"small": dogo, "large": 60.0})):
+            record = fake_record(longer, cell, seed, knn, {p: (40.0, 40.0) for p in knn})
+            record["device"] = "AMD EPYC"
+            (other / f"{cell}-s{seed}.json").write_text(json.dumps(record))
+    (tmp_path / "tiny_long.yaml").write_text(json.dumps(data))
+    text = beside_table(load_results(other, longer), load_results(folder, grid))
+    head, _, table = text.partition("\n\n")
+    assert head == ("Change: the paired difference in `tiny_long` minus the same in `tiny`, paired by run seed over "
+                    "the seeds both have; each grid's column is its own paired difference over its seeds. The grids "
+                    "ran on cpu (`tiny`) and AMD EPYC (`tiny_long`): the change includes the machines' float "
+                    "differences.")
+    rows = table.splitlines()
+    assert rows[0] == "| comparison | measure | `tiny` | `tiny_long` | change | seeds paired |"
+    # Each grid's own interval: tiny d = (2, 3, 4), sd 1; tiny_long d = (5, 7, 9), sd 2. The change over the
+    # seeds both ran (1, 2): 5 - 3 and 7 - 4 = (2, 3): mean 2.5, sd sqrt(0.5), one degree of freedom.
+    h3, h2 = T_975_DOF2 / math.sqrt(3), T_975_DOF1 * math.sqrt(0.5) / math.sqrt(2)
+    assert rows[2] == (f"| small: DoGo - alone | kNN | +3.00 [{3 - h3:+.2f}, {3 + h3:+.2f}] | "
+                       f"+7.00 [{7 - 2 * h3:+.2f}, {7 + 2 * h3:+.2f}] | +2.50 [{2.5 - h2:+.2f}, {2.5 + h2:+.2f}] | 2 |")
+    # limited: tiny d = (1, 1.5, 2), tiny_long d = 0 on every seed; the change on seeds 1, 2 is (-1.5, -2).
+    h = T_975_DOF1 * 0.25  # sd 0.5 / sqrt(2), over sqrt(2)
+    assert rows[3].startswith("| small: DoGo - alone | 10% labels | +1.50 [")
+    assert rows[3].endswith(f"| -1.75 [{-1.75 - h:+.2f}, {-1.75 + h:+.2f}] | 2 |")
+
+    # The same grid beside itself: every run is the same experiment, and the change is 0 on every seed.
+    same = beside_table(load_results(folder, grid), load_results(folder, grid))
+    assert "⚠ 6 run(s) are the same experiment in both grids" in same
+    assert re.search(r"\| small: DoGo - alone \| kNN \| .* \| [+-]0\.00 \[[+-]0\.00, [+-]0\.00\] \| 3 \|$", same, re.M)
+
+    # The command prints the table and writes nothing; a flag that writes is refused.
+    long_file = str(tmp_path / "tiny_long.yaml")
+    assert main(["report", str(other), "--grid", long_file, "--beside", str(folder), "--beside-grid", str(grid_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## `tiny_long` beside `tiny`") and rows[2] in out
+    assert not (other / "REPORT.md").exists() and not (folder / "REPORT.md").exists()
+    assert main(["report", str(other), "--beside", str(folder), "--readme", str(tmp_path / "README.md")]) == 2
+    assert "--beside prints a table and writes nothing: drop --readme" in capsys.readouterr().err
+    assert main(["report", str(other), "--grid", long_file, "--beside", str(folder)]) == 2
+    assert "--beside: no grid file configs/grids/tiny.yaml" in capsys.readouterr().err
+    assert main(["report", str(other), "--beside-grid", str(grid_file)]) == 2
+    assert "--beside-grid names the grid file of a --beside folder" in capsys.readouterr().err
 
 
 def test_readme_differences_style_shows_one_row_per_comparison(three_seeds):
