@@ -398,9 +398,10 @@ def _command(args: argparse.Namespace) -> int:
             print(format_report(results))
         else:
             other = load_results(args.beside, args.beside_grid)
-            if other.grid is None:
-                raise DogoError(f"--beside: no grid file configs/grids/{other.name}.yaml for {args.beside}; give it "
-                                "with --beside-grid")
+            for found, folder, flag in ((results, args.results, "--grid"), (other, args.beside, "--beside-grid")):
+                if found.grid is None:  # no comparisons without the grid file: say so, not an empty table
+                    raise DogoError(f"--beside: no grid file configs/grids/{found.name}.yaml for {folder}; give it "
+                                    f"with {flag}")
             print(f"## `{results.name}` beside `{other.name}`\n\n" + beside_table(results, other))
         return 0
     figures = args.figures or (None if args.against else "figures")

@@ -202,6 +202,8 @@ def test_beside_pairs_two_grids_gains_by_seed(three_seeds, tmp_path, capsys):
     assert "--beside prints a table and writes nothing: drop --readme" in capsys.readouterr().err
     assert main(["report", str(other), "--grid", long_file, "--beside", str(folder)]) == 2
     assert "--beside: no grid file configs/grids/tiny.yaml" in capsys.readouterr().err
+    assert main(["report", str(other), "--beside", str(folder), "--beside-grid", str(grid_file)]) == 2
+    assert "--beside: no grid file configs/grids/tiny_long.yaml for " in capsys.readouterr().err
     assert main(["report", str(other), "--beside-grid", str(grid_file)]) == 2
     assert "--beside-grid names the grid file of a --beside folder" in capsys.readouterr().err
 
