@@ -415,7 +415,8 @@ def test_committed_grid_files_are_valid():
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
         "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
-        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "silhouette_cnn_confirm.yaml",
+        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "peer_width_cnn_12.yaml",
+        "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
         "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
@@ -557,6 +558,19 @@ def test_committed_grid_files_are_valid():
     assert [c.name for c in longer_19.spec.cells] == [c.name for c in longer.spec.cells]
     assert_pooled(longer_19, [longer, longer_fresh, longer_more])
     assert not longer_19.spec.predictions
+    # A peer of the small CNN's own width at 12 epochs, on the nineteen seeds whose other two cells it adopts:
+    # the width-16 pair is the `dogo` cell with the second peer's width alone changed.
+    width = load_grid(REPO / "configs/grids/peer_width_cnn_12.yaml")
+    assert width.eval_settings == longer_19.eval_settings and width.spec.seeds == longer_19.spec.seeds
+    assert [c.name for c in width.spec.cells] == ["small_alone", "dogo", "peer_w16"]
+    assert width.spec.compare[:1] == longer_19.spec.compare
+    for seed in width.spec.seeds:
+        for name in ("small_alone", "dogo"):
+            assert config_hash(width.config(name, seed)) == config_hash(longer_19.config(name, seed)), (name, seed)
+        same_size = width.config("peer_w16", seed)
+        assert [p.width for p in same_size.peers] == [16, 16]
+        same_size.peers[1].width = 48
+        assert config_hash(same_size) == config_hash(width.config("dogo", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
