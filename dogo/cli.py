@@ -15,6 +15,7 @@ User mistakes (bad config, missing data, broken checkpoint) print one ``error:``
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .errors import DogoError
@@ -79,31 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=5 peers.0.width=32")
     p.set_defaults(func=_train)
 
-    from . import quickstart
-
-    quickstart.add_arguments(sub.add_parser("quickstart", help=quickstart.__doc__.splitlines()[0]))
-
-    try:
-        from . import evaluate
-    except ImportError:  # pragma: no cover
-        evaluate = None
-    if evaluate is not None and hasattr(evaluate, "add_arguments"):
-        evaluate.add_arguments(sub.add_parser("eval", help="evaluate every peer of one or more runs"))
-    try:
-        from . import notebooks
-    except ImportError:  # pragma: no cover
-        notebooks = None
-    if notebooks is not None and hasattr(notebooks, "add_arguments"):
-        notebooks.add_arguments(sub.add_parser("notebooks", help="execute the notebooks with papermill"))
-    from . import grid
-
-    grid.add_arguments(sub.add_parser("grid", help="run a reproduction-study grid, one JSON per (cell, seed)"))
-    from . import report
-
-    report.add_arguments(sub.add_parser("report", help="tables, paired differences and figures of a grid's results"))
-    from . import ledger
-
-    ledger.add_arguments(sub.add_parser("ledger", help="every prediction of the grid files, with its verdict"))
+    # Each subcommand's module adds its own arguments; all import only the core dependencies at load time.
+    for name, module, help_text in (
+        ("quickstart", "quickstart", None),
+        ("eval", "evaluate", "evaluate every peer of one or more runs"),
+        ("notebooks", "notebooks", "execute the notebooks with papermill"),
+        ("grid", "grid", "run a reproduction-study grid, one JSON per (cell, seed)"),
+        ("report", "report", "tables, paired differences and figures of a grid's results"),
+        ("ledger", "ledger", "every prediction of the grid files, with its verdict"),
+    ):
+        module = importlib.import_module(f".{module}", __package__)
+        module.add_arguments(sub.add_parser(name, help=help_text or module.__doc__.splitlines()[0]))
     return parser
 
 

@@ -149,44 +149,42 @@ def _is_locked(results_dir: Path, key: str) -> bool:
     return False
 
 
+def job_state(grid: Grid, results_dir: Path, cell: str, seed: int) -> Job:
+    """One (cell, seed): done, pending or stale, read from its result file (no estimate, no lock)."""
+    h = config_hash(grid.config(cell, seed))
+    path = results_dir / f"{result_name(cell, seed)}.json"
+    if not path.exists():
+        return Job(cell, seed, "pending", h)
+    record = read_result(path)
+    reasons = stale_reasons(record, grid, h)
+    seconds = (record or {}).get("seconds", {}).get("total")
+    return Job(cell, seed, "stale" if reasons else "done", h, reasons,
+               float(seconds) if isinstance(seconds, (int, float)) else None)
+
+
 def plan(grid: Grid, results_dir: str | Path, *, shard: tuple[int, int] | None = None,
          only: str | None = None) -> list[Job]:
     """The state of every (cell, seed) in the shard and pattern: done, pending or stale, with estimates."""
     results_dir = Path(results_dir)
-    jobs = []
-    for index, (cell, seed) in enumerate(grid.jobs()):
+
+    def wanted(index: int, cell: str, seed: int) -> bool:
         if shard is not None and index % shard[1] != shard[0] - 1:
-            continue
-        key = result_name(cell, seed)
-        if only and not (fnmatch.fnmatch(key, only) or fnmatch.fnmatch(cell, only)):
-            continue
-        h = config_hash(grid.config(cell, seed))
-        path = results_dir / f"{key}.json"
-        if not path.exists():
-            jobs.append(Job(cell, seed, "pending", h))
-            continue
-        record = read_result(path)
-        reasons = stale_reasons(record, grid, h)
-        seconds = (record or {}).get("seconds", {}).get("total")
-        jobs.append(Job(cell, seed, "stale" if reasons else "done", h, reasons, seconds))
+            return False
+        return not only or fnmatch.fnmatch(result_name(cell, seed), only) or fnmatch.fnmatch(cell, only)
+
+    selected = [(cell, seed) for index, (cell, seed) in enumerate(grid.jobs()) if wanted(index, cell, seed)]
+    # Every seed of a selected cell is read once: a slice's estimates use the times of the whole cell.
+    cells = {cell for cell, _ in selected}
+    states = {(cell, seed): job_state(grid, results_dir, cell, seed) for cell, seed in grid.jobs() if cell in cells}
+    jobs = [states[key] for key in selected]
     # Estimates: the median recorded time of the same cell's current results, else its estimate_s.
     for job in jobs:
         if job.status != "done":
-            times = _recorded_times(grid, results_dir, job.cell)
+            times = [j.seconds for (cell, _), j in states.items()
+                     if cell == job.cell and j.status == "done" and j.seconds is not None]
             job.estimate_s = statistics.median(times) if times else grid.cell(job.cell).estimate_s
             job.locked = _is_locked(results_dir, job.key)
     return jobs
-
-
-def _recorded_times(grid: Grid, results_dir: Path, cell: str) -> list[float]:
-    times = []
-    for seed in grid.spec.seeds:
-        record = read_result(results_dir / f"{result_name(cell, seed)}.json")
-        if record and not stale_reasons(record, grid, config_hash(grid.config(cell, seed))):
-            seconds = record.get("seconds", {}).get("total")
-            if isinstance(seconds, (int, float)):
-                times.append(float(seconds))
-    return times
 
 
 def format_plan(jobs: list[Job]) -> str:
@@ -278,7 +276,7 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
 
     Returns the result path, or None when training was interrupted (its checkpoint stays for later)."""
     from .evaluate import clear_cache, evaluate_run
-    from .runlog import atomic_write_bytes, device_name, git_commit, library_versions, read_metrics
+    from .runlog import device_name, git_commit, library_versions, read_metrics
     from .runs import train_or_reuse
     from .train import resolve_device
 
@@ -299,7 +297,7 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
     eval_s = time.perf_counter() - started
     clear_cache()  # the next cell's checkpoints are new: its features are its own
     records = read_metrics(run_dir)
-    rows = [[_round(row[c]) if not isinstance(row[c], str) else row[c] for c in RESULT_COLUMNS]
+    rows = [[_round(row[c]) for c in RESULT_COLUMNS]
             for row in df[RESULT_COLUMNS].to_dict("records")]
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -326,10 +324,16 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
         "versions": library_versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
     path = results_dir / f"{result_name(cell, seed)}.json"
-    atomic_write_bytes(path, lambda f: f.write(data))
+    write_result(path, record)
     return path
+
+
+def write_result(path: Path, record: dict[str, Any]) -> None:
+    """A result file: one line of compact JSON (no NaN), written atomically."""
+    from .runlog import atomic_write_text
+
+    atomic_write_text(path, json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
 
 
 # ============================================================================ results shared between grids
@@ -341,8 +345,6 @@ def adopt_results(grid: Grid, results_dir: str | Path, source_dir: str | Path, *
     experiment as one of this grid's (cell, seed) without a result: the same config hash and seed, and
     current for this grid (evaluation settings, numerics). The copy names this grid and cell and records
     where it came from (``adopted_from``). Returns the adopted keys (with ``dry_run``: those it would)."""
-    from .runlog import atomic_write_bytes
-
     results_dir, source_dir = Path(results_dir), Path(source_dir)
     if not source_dir.is_dir():
         raise ConfigError(f"--adopt: {source_dir} is not a folder of grid results")
@@ -362,8 +364,7 @@ def adopt_results(grid: Grid, results_dir: str | Path, source_dir: str | Path, *
         record["adopted_from"] = {"grid": record.get("grid"), "cell": record.get("cell"), "file": source_path.name}
         record["grid"], record["cell"] = grid.name, job.cell
         if not dry_run:
-            data = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
-            atomic_write_bytes(results_dir / f"{job.key}.json", lambda f, data=data: f.write(data))
+            write_result(results_dir / f"{job.key}.json", record)
         say(f"{'would adopt' if dry_run else 'adopted'} {job.key} from {source_path}")
         adopted.append(job.key)
     return adopted
@@ -406,7 +407,7 @@ def run_grid(grid: Grid, results_dir: str | Path | None = None, runs_dir: str | 
                 outcome["skipped"].append(job.key)
                 continue
             # Another process may have finished it between the plan and the lock.
-            current = next(j for j in plan(grid, results_dir, only=job.key) if j.seed == job.seed)
+            current = job_state(grid, results_dir, job.cell, job.seed)
             if current.status == "done" or (current.status == "stale" and not rerun_stale):
                 continue
             say(f"running {job.key}" + (f" (estimate {job.estimate_s:.0f} s)" if job.estimate_s else ""))
@@ -487,7 +488,6 @@ def _command(args: argparse.Namespace) -> int:
         tag = f"[worker {os.getpid()}, {torch.get_num_threads()} threads] "
     else:
         tag = ""
-    if not args.worker:
         print(f"grid {grid.name}: results {results}, runs {runs}; "
               + format_plan(plan(grid, results, shard=shard, only=args.only)).splitlines()[-1], flush=True)
         if grid.speed:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import DogoError
 from .grid_file import REPO, Grid, load_grid
-from .predictions import format_interval, format_power, prediction_checks
+from .predictions import format_interval, format_power, prediction_checks, verdict_counts
 from .report import readme_blocks
 from .results import Results, load_results
 
@@ -57,26 +57,23 @@ def ledger_rows(grids: list[Grid], results_root: str | Path = REPO / "results") 
     """One row per prediction: its grid and seeds, the comparison and measure, what was predicted, the
     fresh seeds' paired difference (None before they ran) and the verdict of the grid's own report."""
     rows = []
+    earlier: dict[Path, Results] = {}  # a grid confirmed by several is read once
     for grid in grids:
         folder = Path(results_root) / grid.name
         # A grid not run anywhere yet has no folder: no results, so every prediction is pending (its
         # power, from the grid it confirms, is known before its seeds run).
         results = load_results(folder, grid) if folder.is_dir() else Results.none_yet(grid, folder)
-        rows += [{"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c} for c in prediction_checks(results)]
+        rows += [{"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c} for c in prediction_checks(results, earlier)]
     return rows
-
-
-def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    return {kind: sum(r["verdict"].startswith(kind) for r in rows)
-            for kind in ("confirmed", "not confirmed", "pending")}
 
 
 def ledger_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: a head line with the counts, then one row per prediction."""
     directional = [r for r in rows if r["expect"] != "within_noise"]
     controls = [r for r in rows if r["expect"] == "within_noise"]
-    d, c = _counts(directional), _counts(controls)
-    other = len(rows) - sum(d.values()) - sum(c.values())
+    d, c = verdict_counts(directional), verdict_counts(controls)
+    # Too few seeds for a verdict, or a measure the results lack: the table says which.
+    other = len(rows) - sum(d[k] + c[k] for k in ("confirmed", "not confirmed", "pending"))
     grids = list(dict.fromkeys(r["grid"] for r in rows))
     head = (f"{len(rows)} predictions in {len(grids)} grid files, each committed before its seeds ran (the "
             f"verdicts of each grid's own report). A difference predicted (lower or higher): {d['confirmed']} of "
@@ -137,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _command(args: argparse.Namespace) -> int:
     from .report import replace_between_markers
-    from .runlog import atomic_write_bytes
+    from .runlog import atomic_write_text
 
     if args.readme is not None and not Path(args.readme).is_file():
         raise DogoError(f"README {args.readme} does not exist")
@@ -149,7 +146,7 @@ def _command(args: argparse.Namespace) -> int:
     block = ledger_block(args.grids, args.results, args.readme)
     if text is not None:
         updated = replace_between_markers(text, *MARKERS, block)
-        atomic_write_bytes(Path(args.readme), lambda f: f.write(updated.encode()))
+        atomic_write_text(Path(args.readme), updated)
     print(block)
     return 0
 

@@ -117,13 +117,16 @@ def _type_matches(value: Any, annotation: str | None) -> bool:
     return isinstance(value, tuple(allowed))
 
 
-def check_parameters(notebooks: list[Path], parameters: dict[str, Any]) -> dict[Path, dict[str, Any]]:
+def check_parameters(notebooks: list[Path], parameters: dict[str, Any],
+                     declared: dict[Path, dict[str, Any]] | None = None) -> dict[Path, dict[str, Any]]:
     """Which of ``parameters`` goes to which notebook; a name that none of ``notebooks`` declares,
     or a value of the wrong type, raises ``DogoError`` before anything runs.
 
     A name goes to every notebook that declares it, so ``SEED`` can be set for the whole sequence.
+    ``declared``: each notebook's ``notebook_parameters``, when already read.
     """
-    declared = {nb: notebook_parameters(nb) for nb in notebooks}
+    if declared is None:
+        declared = {nb: notebook_parameters(nb) for nb in notebooks}
     every = sorted({name for params in declared.values() for name in params})
     for name in parameters:
         if not any(name in params for params in declared.values()):
@@ -187,18 +190,18 @@ def run_notebooks(names: list[str] | None = None, smoke: bool = True, parameters
     if "SMOKE" in parameters:
         raise DogoError("parameter 'SMOKE': use smoke=True/False (the --smoke flag) instead")
     output_dir = Path(output_dir).resolve()
-    plan = check_parameters(notebooks, parameters)
+    declared = {nb: notebook_parameters(nb) for nb in notebooks}
+    plan = check_parameters(notebooks, parameters, declared)
     if timeout is None and smoke:
         timeout = SMOKE_CELL_TIMEOUT
     engine_options = {"coalesce_streams": True} if _client_supports("coalesce_streams") else {}
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for nb in notebooks:
-        declared = notebook_parameters(nb)
         values: dict[str, Any] = {}
-        if "SMOKE" in declared:
+        if "SMOKE" in declared[nb]:
             values["SMOKE"] = smoke
-        if smoke and "FIGURES_DIR" in declared and "FIGURES_DIR" not in parameters:
+        if smoke and "FIGURES_DIR" in declared[nb] and "FIGURES_DIR" not in parameters:
             values["FIGURES_DIR"] = str(output_dir / "figures")
         values.update(plan[nb])
         target = output_dir / nb.name
@@ -209,7 +212,6 @@ def run_notebooks(names: list[str] | None = None, smoke: bool = True, parameters
     return written
 
 
-# Settings that do not change what a run learns: a run trained with other values is still reused.
 # --------------------------------------------------------------------------------- command line
 
 

@@ -9,6 +9,7 @@ the verdict; ``dogo report`` prints them as ``predictions_table``, ``dogo ledger
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .results import MIN_SEEDS, Results, format_value, load_results, main_rows, series_of
@@ -44,13 +45,20 @@ def prediction_verdict(expect: str, d: PairedDifference | None, seeds_wanted: in
     return f"not confirmed: {side}, the opposite"
 
 
-def confirmed_results(results: Results) -> Results | None:
-    """The results of the grid this one confirms (a sibling folder ``results/<confirms>``), if any."""
+def earlier_results(results: Results, cache: dict[Path, Results] | None = None) -> Results | None:
+    """The results of the grid this one confirms (a sibling folder ``results/<confirms>``), if any;
+    read once per folder when a ``cache`` is given."""
     spec = results.grid.spec if results.grid else None
     if spec is None or not spec.confirms or results.folder is None:
         return None
     folder = results.folder.parent / spec.confirms
-    return load_results(folder) if folder.is_dir() and any(folder.glob("*.json")) else None
+    if not folder.is_dir() or not any(folder.glob("*.json")):
+        return None
+    if cache is None:
+        return load_results(folder)
+    if folder not in cache:
+        cache[folder] = load_results(folder)
+    return cache[folder]
 
 
 def _paired(series: dict, baseline: tuple, treatment: tuple) -> PairedDifference | None:
@@ -58,18 +66,16 @@ def _paired(series: dict, baseline: tuple, treatment: tuple) -> PairedDifference
     return None if base is None or treat is None else paired_difference(base, treat)
 
 
-def prediction_checks(results: Results) -> list[dict[str, Any]]:
+def prediction_checks(results: Results, cache: dict[Path, Results] | None = None) -> list[dict[str, Any]]:
     """Each of the grid's predictions: its measure, its paired difference on these seeds, the same
-    comparison on the results of the grid it confirms (its cells of the same names), and the verdict."""
-    return _prediction_checks(results, confirmed_results(results))
-
-
-def _prediction_checks(results: Results, explored: Results | None) -> list[dict[str, Any]]:
+    comparison on the results of the grid it confirms (its cells of the same names; ``earlier``), the power
+    these seeds had, and the verdict. ``cache``: see ``earlier_results``."""
     spec = results.grid.spec if results.grid else None
     if spec is None or not spec.predictions:
         return []
+    earlier = earlier_results(results, cache)
     here = series_of(main_rows(results.table))
-    there = series_of(main_rows(explored.table)) if explored is not None else {}
+    there = series_of(main_rows(earlier.table)) if earlier is not None else {}
     pairs = {pair.label: pair for pair in spec.compare}
     wanted = len(results.only_seeds if results.only_seeds is not None else spec.seeds)
     out = []
@@ -80,7 +86,7 @@ def _prediction_checks(results: Results, explored: Results | None) -> list[dict[
                                       if k[:3] == (tc, tp, prediction.protocol)))
         found = [m for m in measures if m[0] == prediction.setting or (not prediction.setting and len(measures) == 1)]
         row = {"comparison": prediction.comparison, "protocol": prediction.protocol, "expect": prediction.expect,
-               "setting": prediction.setting, "metric": "top1", "difference": None, "explored": None, "power": None}
+               "setting": prediction.setting, "metric": "top1", "difference": None, "earlier": None, "power": None}
         if not found:
             listed = ", ".join(repr(m[0]) for m in measures)
             row["verdict"] = (f"no measure {prediction.protocol} {prediction.setting!r} in the results (its "
@@ -90,12 +96,18 @@ def _prediction_checks(results: Results, explored: Results | None) -> list[dict[
         setting, metric = found[0]
         row.update(setting=setting, metric=metric)
         measure = (prediction.protocol, setting, metric)
-        row["difference"], row["explored"] = (_paired(series, (bc, bp, *measure), (tc, tp, *measure))
+        row["difference"], row["earlier"] = (_paired(series, (bc, bp, *measure), (tc, tp, *measure))
                                               for series in (here, there))
         row["verdict"] = prediction_verdict(prediction.expect, row["difference"], wanted)
-        row["power"] = planned_power(prediction.expect, row["explored"], wanted)
+        row["power"] = planned_power(prediction.expect, row["earlier"], wanted)
         out.append(row)
     return out
+
+
+def verdict_counts(checks: list[dict[str, Any]]) -> dict[str, int]:
+    """How many checks are confirmed, not confirmed, pending, or without a verdict (too few seeds)."""
+    return {kind: sum(c["verdict"].startswith(kind) for c in checks)
+            for kind in ("confirmed", "not confirmed", "pending", "no verdict")}
 
 
 def format_interval(d: PairedDifference | None, metric: str) -> str:
@@ -112,10 +124,11 @@ def predictions_table(results: Results) -> str | None:
     """Markdown: each prediction, the interval that suggested it, the fresh seeds' interval, the verdict."""
     if results.grid is None or not results.grid.spec.predictions:
         return None
-    explored = confirmed_results(results)  # read once, for the column and its header
-    checks = _prediction_checks(results, explored)
+    cache: dict[Path, Results] = {}  # the earlier grid's results, read once for the column and its header
+    earlier = earlier_results(results, cache)
+    checks = prediction_checks(results, cache)
     spec = results.grid.spec
-    source = (f"`{spec.confirms}`, seeds {', '.join(map(str, explored.seeds))}" if explored is not None
+    source = (f"`{spec.confirms}`, seeds {', '.join(map(str, earlier.seeds))}" if earlier is not None
               else f"`{spec.confirms}` (no results found)")
 
     before = bool(spec.confirms)  # a grid that confirms none (predictions from elsewhere) has no "before" column
@@ -123,11 +136,10 @@ def predictions_table(results: Results) -> str | None:
              + "these seeds | verdict |", "|---|---|---|" + ("---:|---:|" if before else "") + "---:|---|"]
     for c in checks:
         measure = f"{c['protocol']} {c['setting']}".strip()
-        earlier = f"{format_interval(c['explored'], c['metric'])} | {format_power(c['power'])} | " if before else ""
-        lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | {earlier}"
+        then = f"{format_interval(c['earlier'], c['metric'])} | {format_power(c['power'])} | " if before else ""
+        lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | {then}"
                      f"{format_interval(c['difference'], c['metric'])} | {c['verdict']} |")
-    counts = {kind: sum(c["verdict"].startswith(kind) for c in checks)
-              for kind in ("confirmed", "not confirmed", "pending", "no verdict")}
+    counts = verdict_counts(checks)
     unread = f", {counts['no verdict']} without a verdict" if counts["no verdict"] else ""
     head = (f"Predictions written in `{spec.name}`'s grid file before its seeds ran: {counts['confirmed']} of "
             f"{len(checks)} confirmed, {counts['not confirmed']} not confirmed, {counts['pending']} pending{unread} "
@@ -138,5 +150,5 @@ def predictions_table(results: Results) -> str | None:
     return head + "\n\n" + "\n".join(lines)
 
 
-__all__ = ["prediction_checks", "prediction_verdict", "predictions_table", "confirmed_results", "interval_side",
-           "format_interval", "format_power"]
+__all__ = ["prediction_checks", "prediction_verdict", "predictions_table", "earlier_results", "interval_side",
+           "format_interval", "format_power", "verdict_counts"]

@@ -150,7 +150,7 @@ def materialise(name: str, directory: str | Path = PUBLISHED_DIR, cache_dir: str
 
 def load_published(name: str, device: str | torch.device | None = None, directory: str | Path = PUBLISHED_DIR,
                    cache_dir: str | Path | None = None):
-    """Every peer of published run ``name`` as a model in eval mode (a ``dogo.evaluate.LoadedRun``)."""
+    """Every peer of published run ``name`` as a model in eval mode (a ``dogo.runs.LoadedRun``)."""
     from .runs import load_run
 
     return load_run(materialise(name, directory, cache_dir), device)

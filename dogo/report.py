@@ -31,8 +31,8 @@ from .results import (
     columns_of,
     comparisons,
     cross_machine_pairs,
+    differences_by_seed,
     format_value,
-    gains_by_seed,
     in_protocol_order,
     load_results,
     main_rows,
@@ -275,7 +275,7 @@ def beside_table(results: Results, other: Results) -> str:
     seed both grids ran, its difference here minus its difference there, with the 95 % interval of the
     mean change. A seed fixes the initial weights and the data order, so pairing by seed takes out what
     the two grids' runs of one seed share; an interval that contains 0 cannot tell the two sizes apart."""
-    mine, theirs = gains_by_seed(results), gains_by_seed(other)
+    mine, theirs = differences_by_seed(results), differences_by_seed(other)
     keys = [key for key in mine if key in theirs]
     if not keys:
         return f"(no comparison of the same label and measure in `{results.name}` and `{other.name}`)"
@@ -335,19 +335,19 @@ def write_report(results_dir: str | Path, grid: str | Path | None = None, figure
                  readme: str | Path | None = None) -> tuple[Results, str]:
     """Load the results, write ``REPORT.md`` into the result folder (figures into ``figures``, the block
     into ``readme`` when given); return the results and the report text."""
-    from .runlog import atomic_write_bytes
+    from .runlog import atomic_write_text
 
     results = load_results(results_dir, grid)
     paths = write_figures(results, figures) if figures is not None else []
     block = readme_block(results)  # made once: it reads the confirmed grid's results, for REPORT.md and README
     text = format_report(results, paths, block)
-    atomic_write_bytes(Path(results_dir) / "REPORT.md", lambda f: f.write(text.encode()))
+    atomic_write_text(Path(results_dir) / "REPORT.md", text)
     if readme is not None:
         readme = Path(readme)
         if not readme.is_file():
             raise DogoError(f"README {readme} does not exist")
         updated = replace_readme_block(readme.read_text(), results.name, block)
-        atomic_write_bytes(readme, lambda f: f.write(updated.encode()))
+        atomic_write_text(readme, updated)
     return results, text
 
 

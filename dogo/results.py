@@ -183,7 +183,7 @@ def comparisons(results: Results) -> list[dict[str, Any]]:
     return out
 
 
-def gains_by_seed(results: Results) -> dict[tuple[str, str, str, str], dict[int, float]]:
+def differences_by_seed(results: Results) -> dict[tuple[str, str, str, str], dict[int, float]]:
     """{(comparison label, protocol, setting, metric): {run seed: treatment - baseline}} over the seeds
     where both sides of the comparison have a result."""
     return {(label, *measure): {s: treat[s] - base[s] for s in sorted(set(base) & set(treat))}
@@ -232,6 +232,6 @@ def missing_runs(results: Results) -> dict[str, list[int]]:
     return {cell: seeds for cell, seeds in missing.items() if seeds}
 
 
-__all__ = ["Results", "load_results", "find_grid_file", "tidy", "main_rows", "comparisons", "gains_by_seed",
+__all__ = ["Results", "load_results", "find_grid_file", "tidy", "main_rows", "comparisons", "differences_by_seed",
            "columns_of", "series_of", "in_protocol_order", "row_order", "measure_label", "format_value",
            "cross_machine_pairs", "missing_runs", "MIN_SEEDS", "PROTOCOL_ORDER", "KEYS"]

@@ -55,6 +55,11 @@ def atomic_write_bytes(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write_bytes`` of a text, UTF-8."""
+    atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
@@ -154,7 +159,7 @@ def truncate_metrics(path: Path, keep) -> None:
     """Rewrite metrics.jsonl atomically, keeping only the records for which ``keep(record)`` is true."""
     records = [r for r in read_metrics(path) if keep(r)]
     text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
+    atomic_write_text(path, text)
 
 
 def git_commit() -> str | None:

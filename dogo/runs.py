@@ -19,7 +19,7 @@ from .augment import TestTransform
 from .config import Config, config_differences, from_dict
 from .data import STATS
 from .errors import CheckpointError, ConfigError, DogoError
-from .models import SSLModel, build_model
+from .models import build_model
 from .runlog import CHECKPOINT, find_checkpoint, load_checkpoint, load_peer_weights, truncate_metrics
 from .train import Trainer, resolve_device, resume
 
@@ -149,4 +149,4 @@ def train_or_reuse(cfg: Config, run_dir: str | Path, progress: bool = False, **t
     return {**result, "status": status}
 
 
-__all__ = ["LoadedRun", "load_run", "encoder_transform", "train_or_reuse", "SSLModel"]
+__all__ = ["LoadedRun", "load_run", "encoder_transform", "train_or_reuse"]

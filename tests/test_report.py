@@ -154,7 +154,7 @@ def test_a_rerun_is_compared_with_the_reference_numbers(three_seeds, tmp_path, m
     assert f"## Against {folder}" in out and "+1.50 points" in out and not (tmp_path / "figures").exists()
 
 
-def test_beside_pairs_two_grids_gains_by_seed(three_seeds, tmp_path, capsys):
+def test_beside_pairs_two_grids_differences_by_seed(three_seeds, tmp_path, capsys):
     grid, folder, grid_file = three_seeds
     data = tiny_grid_data(name="tiny_long", seeds=[1, 2, 3])
     for cell in data["cells"]:
