@@ -302,6 +302,8 @@ def test_dry_run_lists_the_state_and_writes_nothing(finished, tmp_path, capsys):
     recorded = json.loads((results / "dogo-s0.json").read_text())["seconds"]["total"]
     assert f"dogo-s1                          estimate {recorded:.0f} s" in out  # the median of dogo's one result
     assert out.strip().endswith(f"1 done, 1 pending (about {recorded:.0f} s), 2 stale (re-run with --rerun-stale)")
+    # A selection's estimate comes from the cell's results outside it too.
+    assert [j.estimate_s for j in plan(load_grid(grid_file), results, only="dogo-s1")] == [recorded]
     fresh = tmp_path / "fresh"
     assert main(["grid", str(grid_file), "--results", str(fresh), "--dry-run"]) == 0
     assert not fresh.exists() and "0 done, 4 pending (about 4 s), 0 stale" in capsys.readouterr().out
