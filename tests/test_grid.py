@@ -417,8 +417,8 @@ def test_committed_grid_files_are_valid():
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
         "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
-        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "peer_width_cnn_12.yaml",
-        "silhouette_cnn_confirm.yaml",
+        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "peer_width8_cnn_12.yaml",
+        "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
         "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
@@ -573,6 +573,17 @@ def test_committed_grid_files_are_valid():
         assert [p.width for p in same_size.peers] == [16, 16]
         same_size.peers[1].width = 48
         assert config_hash(same_size) == config_hash(width.config("dogo", seed)), seed
+    # A peer of half the student's width on the same seeds: the width-16 pair with the peer's width changed.
+    weaker = load_grid(REPO / "configs/grids/peer_width8_cnn_12.yaml")
+    assert weaker.eval_settings == width.eval_settings and weaker.spec.seeds == width.spec.seeds
+    assert [c.name for c in weaker.spec.cells] == ["small_alone", "peer_w16", "peer_w8"]
+    for seed in weaker.spec.seeds:
+        for name in ("small_alone", "peer_w16"):
+            assert config_hash(weaker.config(name, seed)) == config_hash(width.config(name, seed)), (name, seed)
+        half = weaker.config("peer_w8", seed)
+        assert [p.width for p in half.peers] == [16, 8]
+        half.peers[1].width = 16
+        assert config_hash(half) == config_hash(width.config("peer_w16", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
