@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import KEYS, Results, columns_of, comparisons, in_protocol_order, main_rows, measure_label, row_order
+from .results import Results, columns_of, comparisons, in_protocol_order, main_rows, measure_label, row_order, series_of
 from .stats import summarize
 
 
@@ -22,11 +22,12 @@ def series_styles(results: Results) -> dict[tuple[str, str], dict[str, Any]]:
     hatched (bars) and dashed (curves)."""
     from .viz import ROLE_COLORS
 
+    columns = columns_of(results)
     peers_of: dict[str, list[str]] = {}
-    for cell, peer in columns_of(results):
+    for cell, peer in columns:
         peers_of.setdefault(cell, []).append(peer)
     styles, seen = {}, {}
-    for cell, peer in columns_of(results):
+    for cell, peer in columns:
         peers = peers_of[cell]
         role = "alone" if len(peers) == 1 else "student" if peer == peers[0] else "peer"
         again = seen.get(role, 0)
@@ -47,10 +48,10 @@ def plot_bars(results: Results):
     fig = Figure(figsize=(max(6.0, 0.9 * len(rows) * max(1, len(columns)) * 0.45 + 2), 4.4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(columns))
-    groups = {k: g["value"].to_numpy() for k, g in table.groupby(KEYS, sort=False)}
+    series = series_of(table)
     styles = series_styles(results)
     for i, (c, p) in enumerate(columns):
-        stats = [summarize(groups.get((c, p, *row), [])) for row in rows]
+        stats = [summarize(list(series.get((c, p, *row), {}).values())) for row in rows]
         x = np.arange(len(rows)) + (i - (len(columns) - 1) / 2) * width
         style = styles[(c, p)]
         ax.bar(x, [s.mean for s in stats], width, yerr=[0 if math.isnan(s.std) else s.std for s in stats],

@@ -25,22 +25,11 @@ from .errors import DogoError
 from .grid_file import REPO, Grid, load_grid
 from .predictions import format_interval, format_power, prediction_checks, verdict_counts
 from .report import readme_blocks
-from .results import Results, load_results
+from .results import Results, load_results, seed_span
 
 MARKERS = ("<!-- ledger -->", "<!-- /ledger -->")
 # A failed test with this much power speaks against the difference; one with less than WEAK_POWER says little.
 STRONG_POWER, WEAK_POWER = 0.8, 0.5
-
-
-def seed_span(seeds: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``: runs of consecutive seeds as ranges."""
-    spans: list[list[int]] = []
-    for s in sorted(set(seeds)):
-        if spans and s == spans[-1][1] + 1:
-            spans[-1][1] = s
-        else:
-            spans.append([s, s])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def grids_with_predictions(grids_dir: str | Path = REPO / "configs" / "grids",
@@ -151,5 +140,5 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ledger_rows", "ledger_table", "ledger_block", "grids_with_predictions", "readme_order", "seed_span",
+__all__ = ["ledger_rows", "ledger_table", "ledger_block", "grids_with_predictions", "readme_order",
            "MARKERS"]

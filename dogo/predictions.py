@@ -77,7 +77,7 @@ def prediction_checks(results: Results, cache: dict[Path, Results] | None = None
     here = series_of(main_rows(results.table))
     there = series_of(main_rows(earlier.table)) if earlier is not None else {}
     pairs = {pair.label: pair for pair in spec.compare}
-    wanted = len(results.only_seeds if results.only_seeds is not None else spec.seeds)
+    wanted = len(results.wanted_seeds)
     out = []
     for prediction in spec.predictions:
         pair = pairs[prediction.comparison]

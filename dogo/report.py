@@ -39,6 +39,8 @@ from .results import (
     measure_label,
     missing_runs,
     row_order,
+    seed_span,
+    series_of,
 )
 from .stats import Summary, paired_difference, summarize
 
@@ -69,12 +71,12 @@ def means_table(results: Results) -> str:
     n_of = {col: table[(table["cell"] == col[0]) & (table["peer"] == col[1])]["seed"].nunique() for col in columns}
     head = "| protocol | setting | metric | " + " | ".join(f"{c}/{p} (n={n_of[(c, p)]})" for c, p in columns) + " |"
     lines = [head, "|---|---|---|" + "---:|" * len(columns)]
-    groups = {k: g["value"].to_numpy() for k, g in table.groupby(KEYS, sort=False)}
+    series = series_of(table)
     for protocol, setting, metric in row_order(table):
         cells = []
         for c, p in columns:
-            values = groups.get((c, p, protocol, setting, metric))
-            cells.append("" if values is None else _mean_std(summarize(values), metric, n_of[(c, p)]))
+            values = series.get((c, p, protocol, setting, metric))
+            cells.append("" if values is None else _mean_std(summarize(list(values.values())), metric, n_of[(c, p)]))
         lines.append(f"| {protocol} | {setting} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -158,7 +160,12 @@ def machine_warning(results: Results) -> str | None:
     pairs = cross_machine_pairs(results)
     if not pairs:
         return None
-    listed = "; ".join(f"{label}, seed {seed}: {base} / {treat}" for label, seed, base, treat in pairs)
+    # One entry per comparison and pair of machines: a whole batch run elsewhere reads as one line, not 19.
+    seeds: dict[tuple[str, str, str], list[int]] = {}
+    for label, seed, base, treat in pairs:
+        seeds.setdefault((label, base, treat), []).append(seed)
+    listed = "; ".join(f"{label}, seed{'s' if len(s) > 1 else ''} {seed_span(s)}: {base} / {treat}"
+                       for (label, base, treat), s in seeds.items())
     return (f"⚠ {len(pairs)} paired seed{'s' if len(pairs) != 1 else ''} ran baseline and treatment on different "
             f"machines ({listed}): those differences include the machines' float differences. Rerun one side on "
             "the other's machine to pair them cleanly.")

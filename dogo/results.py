@@ -43,6 +43,12 @@ class Results:
     def seeds(self) -> list[int]:
         return sorted({r["seed"] for r in self.records})
 
+    @property
+    def wanted_seeds(self) -> list[int]:
+        """The run seeds this reading asks for: the grid's, or those of ``--seeds`` among them."""
+        spec_seeds = self.grid.spec.seeds if self.grid is not None else self.seeds
+        return [s for s in spec_seeds if self.only_seeds is None or s in self.only_seeds]
+
     @classmethod
     def none_yet(cls, grid: Grid, folder: Path | None = None) -> Results:
         """A grid's results before any of its runs: nothing read, every (cell, seed) missing."""
@@ -205,6 +211,17 @@ def measure_label(protocol: str, setting: str, metric: str) -> str:
     return setting
 
 
+def seed_span(seeds: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``: runs of consecutive seeds as ranges."""
+    spans: list[list[int]] = []
+    for s in sorted(set(seeds)):
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def cross_machine_pairs(results: Results) -> list[tuple[str, int, str, str]]:
     """(comparison, seed, baseline's machine, treatment's machine) for every paired seed whose two cells
     ran on different machines (each result's ``device``). Float kernels differ between CPUs by about as
@@ -227,11 +244,11 @@ def missing_runs(results: Results) -> dict[str, list[int]]:
     if results.grid is None:
         return {}
     have = {(r["cell"], r["seed"]) for r in results.records}
-    wanted = [s for s in results.grid.spec.seeds if results.only_seeds is None or s in results.only_seeds]
+    wanted = results.wanted_seeds
     missing = {c.name: [s for s in wanted if (c.name, s) not in have] for c in results.grid.spec.cells}
     return {cell: seeds for cell, seeds in missing.items() if seeds}
 
 
 __all__ = ["Results", "load_results", "find_grid_file", "tidy", "main_rows", "comparisons", "differences_by_seed",
            "columns_of", "series_of", "in_protocol_order", "row_order", "measure_label", "format_value",
-           "cross_machine_pairs", "missing_runs", "MIN_SEEDS", "PROTOCOL_ORDER", "KEYS"]
+           "cross_machine_pairs", "missing_runs", "seed_span", "MIN_SEEDS", "PROTOCOL_ORDER", "KEYS"]

@@ -6,17 +6,10 @@ import pytest
 
 from dogo.cli import main
 from dogo.grid_file import REPO
-from dogo.ledger import MARKERS, grids_with_predictions, ledger_block, ledger_rows, ledger_table, seed_span
+from dogo.ledger import MARKERS, grids_with_predictions, ledger_block, ledger_rows, ledger_table
 
 from .test_grid import tiny_grid_data, write_grid
 from .test_report import fresh_grid_data, three_seeds, write_fresh_results  # noqa: F401 (three_seeds: a fixture)
-
-
-def test_seed_span_writes_runs_of_seeds_as_ranges():
-    assert seed_span([0, 1, 2, 3, 4]) == "0-4"
-    assert seed_span([7, 5, 6, 9, 12, 13]) == "5-7, 9, 12-13"
-    assert seed_span([3]) == "3"
-    assert seed_span([]) == ""
 
 
 @pytest.fixture

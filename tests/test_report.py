@@ -26,7 +26,7 @@ from dogo.report import (
     rerun_table,
     write_report,
 )
-from dogo.results import cross_machine_pairs, load_results, missing_runs
+from dogo.results import cross_machine_pairs, load_results, missing_runs, seed_span
 from dogo.shift import DEFAULT_LADDER
 from dogo.stats import PairedDifference
 
@@ -130,6 +130,20 @@ def test_report_warns_of_seeds_whose_two_sides_ran_on_different_machines(three_s
                "cpu / AMD EPYC): those differences include the machines' float differences. Rerun one side on "
                "the other's machine to pair them cleanly.")
     assert warning in readme_block(results).split("\n\n") and warning in format_report(results)
+    # A batch run elsewhere is one entry per comparison and pair of machines, its seeds as ranges.
+    for seed in (0, 2):
+        record = json.loads((folder / f"dogo-s{seed}.json").read_text())
+        record["device"] = "AMD EPYC"
+        (folder / f"dogo-s{seed}.json").write_text(json.dumps(record))
+    assert ("⚠ 3 paired seeds ran baseline and treatment on different machines (small: DoGo - alone, seeds 0-2: "
+            "cpu / AMD EPYC): ") in readme_block(load_results(folder, grid))
+
+
+def test_seed_span_writes_runs_of_seeds_as_ranges():
+    assert seed_span([0, 1, 2, 3, 4]) == "0-4"
+    assert seed_span([7, 5, 6, 9, 12, 13]) == "5-7, 9, 12-13"
+    assert seed_span([3]) == "3"
+    assert seed_span([]) == ""
 
 
 def test_a_rerun_is_compared_with_the_reference_numbers(three_seeds, tmp_path, monkeypatch, capsys):
