@@ -139,6 +139,13 @@ def test_report_warns_of_seeds_whose_two_sides_ran_on_different_machines(three_s
             "cpu / AMD EPYC): ") in readme_block(load_results(folder, grid))
 
 
+def test_a_reading_of_some_seeds_wants_only_those_the_grid_has(three_seeds):
+    grid, folder, _ = three_seeds
+    assert load_results(folder, grid).wanted_seeds == [0, 1, 2]
+    # Seed 7 is not in the grid: neither a missing run nor a seed a prediction's verdict waits for.
+    assert load_results(folder, grid, seeds=[7, 1]).wanted_seeds == [1]
+
+
 def test_seed_span_writes_runs_of_seeds_as_ranges():
     assert seed_span([0, 1, 2, 3, 4]) == "0-4"
     assert seed_span([7, 5, 6, 9, 12, 13]) == "5-7, 9, 12-13"
