@@ -417,8 +417,8 @@ def test_committed_grid_files_are_valid():
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
         "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
-        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "peer_width8_cnn_12.yaml",
-        "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
+        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "peer_oneway_cnn_12.yaml",
+        "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
         "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
@@ -584,6 +584,18 @@ def test_committed_grid_files_are_valid():
         assert [p.width for p in half.peers] == [16, 8]
         half.peers[1].width = 16
         assert config_hash(half) == config_hash(width.config("peer_w16", seed)), seed
+    # The width-16 peer distilling nothing (one-way distillation into the student) on the same seeds: the
+    # mutual width-16 pair with the peer's weight alone changed.
+    oneway = load_grid(REPO / "configs/grids/peer_oneway_cnn_12.yaml")
+    assert oneway.eval_settings == width.eval_settings and oneway.spec.seeds == width.spec.seeds
+    assert [c.name for c in oneway.spec.cells] == ["small_alone", "peer_w16", "peer_w16_oneway"]
+    for seed in oneway.spec.seeds:
+        for name in ("small_alone", "peer_w16"):
+            assert config_hash(oneway.config(name, seed)) == config_hash(width.config(name, seed)), (name, seed)
+        one_way = oneway.config("peer_w16_oneway", seed)
+        assert [p.distill_weight for p in one_way.peers] == [0.1, 0.0] and [p.width for p in one_way.peers] == [16, 16]
+        one_way.peers[1].distill_weight = 0.1
+        assert config_hash(one_way) == config_hash(width.config("peer_w16", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
