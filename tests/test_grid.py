@@ -417,7 +417,8 @@ def test_committed_grid_files_are_valid():
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
         "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
-        "noisy_cnn_confirm.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml", "peer_oneway_cnn_12.yaml",
+        "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
+        "peer_oneway_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
         "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
@@ -596,6 +597,16 @@ def test_committed_grid_files_are_valid():
         assert [p.distill_weight for p in one_way.peers] == [0.1, 0.0] and [p.width for p in one_way.peers] == [16, 16]
         one_way.peers[1].distill_weight = 0.1
         assert config_hash(one_way) == config_hash(width.config("peer_w16", seed)), seed
+    # Its null: both width-16 networks of one run distil nothing, on fresh seeds; renamed and with the first
+    # distilling again it is the one-way pair.
+    twin_grid = load_grid(REPO / "configs/grids/null_peer_cnn_12.yaml")
+    assert twin_grid.eval_settings == oneway.eval_settings and twin_grid.spec.seeds == list(range(19, 33))
+    assert [c.name for c in twin_grid.spec.cells] == ["twin"]
+    for seed in twin_grid.spec.seeds:
+        twin = twin_grid.config("twin", seed)
+        assert [(p.name, p.distill_weight) for p in twin.peers] == [("first", 0.0), ("second", 0.0)]
+        twin.peers[0].name, twin.peers[1].name, twin.peers[0].distill_weight = "small", "large", 0.1
+        assert config_hash(twin) == config_hash(oneway.config("peer_w16_oneway", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
