@@ -420,7 +420,8 @@ def test_committed_grid_files_are_valid():
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
-        "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml",
+        "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml", "weight_cnn_20seeds.yaml",
+        "weight_cnn_confirm.yaml",
         "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
@@ -607,6 +608,19 @@ def test_committed_grid_files_are_valid():
         assert [(p.name, p.distill_weight) for p in twin.peers] == [("first", 0.0), ("second", 0.0)]
         twin.peers[0].name, twin.peers[1].name, twin.peers[0].distill_weight = "small", "large", 0.1
         assert config_hash(twin) == config_hash(oneway.config("peer_w16_oneway", seed)), seed
+    # Two one-way peers: without the third network and with the student's weight back at 0.1, the one-way pair.
+    two_grid = load_grid(REPO / "configs/grids/two_teachers_cnn_12.yaml")
+    assert two_grid.eval_settings == oneway.eval_settings and two_grid.spec.seeds == list(range(12))
+    assert [c.name for c in two_grid.spec.cells] == ["small_alone", "peer_w16_oneway", "two_teachers"]
+    for seed in two_grid.spec.seeds:
+        for name in ("small_alone", "peer_w16_oneway"):
+            assert config_hash(two_grid.config(name, seed)) == config_hash(oneway.config(name, seed)), (name, seed)
+        two = two_grid.config("two_teachers", seed)
+        assert [(p.name, p.width, p.distill_weight) for p in two.peers] == [
+            ("small", 16, 0.05), ("large", 16, 0.0), ("third", 16, 0.0)]
+        del two.peers[2]
+        two.peers[0].distill_weight = 0.1
+        assert config_hash(two) == config_hash(oneway.config("peer_w16_oneway", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
