@@ -97,3 +97,27 @@ def test_cohort_losses_reject_mismatched_lengths_and_objectives():
     with pytest.raises(ValueError, match="unknown objective"):
         cohort_losses(outputs, ["simclr", "byol"], [1.0, 1.0])
     assert math.isfinite(cohort_losses(outputs, ["simclr", "simclr"], [1.0, 1.0])[0]["total"].item())
+
+
+def test_two_peers_at_half_weight_teach_like_their_mean_distribution_at_full_weight():
+    """configs/grids/two_teachers_cnn_12.yaml rests on this: w/2 * (KL(P_a || P) + KL(P_b || P)) differs from
+    w * KL((P_a + P_b) / 2 || P) only by the peers' entropies, constants for the student, so the student's
+    gradient is that of distilling, at weight w, from the mean of its two peers' similarity distributions."""
+    outputs = [_outputs("simclr", 20 + seed, batch=6, dim=5) for seed in range(3)]
+    student = outputs[0]
+
+    def student_gradient(loss):
+        student.z1.grad = student.z2.grad = None
+        loss.backward()
+        return torch.cat([student.z1.grad, student.z2.grad])
+
+    def cohort(weight):
+        return student_gradient(cohort_losses(outputs, ["simclr"] * 3, [weight, 0.0, 0.0], 0.1, "batchmean")[0]["total"])
+
+    log_p = torch.log_softmax(_cos(student.z1, student.z2) / 0.1, dim=1)
+    mean_q = sum(torch.softmax(_cos(o.z1.detach(), o.z2.detach()) / 0.1, dim=1) for o in outputs[1:]) / 2
+    own_ssl = cohort_losses(outputs[:1], ["simclr"], [0.0])[0]["ssl"]
+    averaged = student_gradient(own_ssl + 0.1 * (mean_q * (mean_q.log() - log_p)).sum() / 6)
+    torch.testing.assert_close(cohort(0.05), averaged, rtol=1e-5, atol=1e-6)  # float32 inside cohort_losses
+    # The distillation part is far above that tolerance: the full weight on each peer is another gradient.
+    assert (cohort(0.1) - averaged).abs().max() > 1e-3
