@@ -70,6 +70,9 @@ class PeerConfig:
     predictor_hidden_dim: int = field(default=512, metadata=validate(ge=1))  # SimSiam bottleneck
     distill_weight: float = field(default=1.0, metadata=validate(ge=0.0))  # weight of KL towards each peer
     lr: float | None = field(default=None, metadata=validate(gt=0.0))  # None: train.lr
+    # True: the peer's weights never change (from scratch, a fixed random network). It still gives the
+    # others its similarity distribution; BatchNorm normalises with batch statistics, as in every peer.
+    frozen: bool = False
 
 
 @dataclass
@@ -261,6 +264,8 @@ def build_validated(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def _check_whole(cfg: Config) -> Config:
     if not cfg.peers:
         raise ConfigError("peers: at least one peer is needed")
+    if all(p.frozen for p in cfg.peers):
+        raise ConfigError("peers: every peer is frozen; at least one must train")
     names = [p.name for p in cfg.peers]
     if len(set(names)) != len(names):
         raise ConfigError(f"peers: names must be unique, got {names}")
@@ -383,7 +388,17 @@ SPEED_ONLY = ("train.compile", "train.compile_mode", "train.compile_scope", "tra
               "train.channels_last")
 # Settings added after results were recorded, with the value that reproduces the earlier behaviour: a
 # config hash leaves them out at that value, so adding a setting does not make every result stale.
-ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model", "augment.view_seed": 0}
+# A per-peer setting is named with ``*`` for the peer's index.
+ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model", "augment.view_seed": 0, "peers.*.frozen": False}
+
+
+def is_added_setting_at_default(key: str, value: Any) -> bool:
+    """Whether the flattened setting ``key`` (``peers.1.frozen``) is one of ``ADDED_SETTINGS_DEFAULTS``
+    at the value that reproduces the behaviour from before it existed."""
+    parts = key.split(".")
+    if parts[0] == "peers" and len(parts) == 3 and parts[1].isdigit():
+        key = f"peers.*.{parts[2]}"
+    return key in ADDED_SETTINGS_DEFAULTS and ADDED_SETTINGS_DEFAULTS[key] == value
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -67,6 +67,16 @@ def broadcast_object(obj):
     return box[0]
 
 
+@torch.no_grad()
+def broadcast_module(model: nn.Module) -> nn.Module:
+    """Rank 0's parameters and buffers on every process, in place: what DDP does at its start, for a
+    model it does not wrap (a frozen peer, which has no gradient to average)."""
+    if is_distributed():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(tensor, src=0)
+    return model
+
+
 def cleanup() -> None:
     """Leave the process group (call once at the end of a torchrun job)."""
     if is_distributed():

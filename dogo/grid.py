@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ADDED_SETTINGS_DEFAULTS, NOT_AFFECTING_RESULTS, SPEED_ONLY, Config, flatten
+from .config import NOT_AFFECTING_RESULTS, SPEED_ONLY, Config, flatten, is_added_setting_at_default
 from .errors import ConfigError, DogoError
 from .grid_file import Grid, load_grid
 
@@ -54,9 +54,6 @@ RESULT_COLUMNS = ["peer", "protocol", "setting", "group", "level", "metric", "va
 # ============================================================================ result identity
 
 
-_NO_DEFAULT = object()
-
-
 @functools.cache
 def _default_settings() -> dict[str, Any]:
     return flatten(Config().to_dict())
@@ -66,11 +63,11 @@ def config_hash(cfg: Config) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the flattened resolved config, without
     the settings in ``NOT_AFFECTING_RESULTS`` (name, device, output folder, logging ...), with the
     speed-only settings at their defaults (``SPEED_ONLY``: compile, fused optimizer, memory layout), and
-    without settings added later while they keep their earlier behaviour (``ADDED_SETTINGS_DEFAULTS``)."""
+    without settings added later while they keep their earlier behaviour (``is_added_setting_at_default``)."""
     defaults = _default_settings()
     flat = {k: defaults[k] if k in SPEED_ONLY else v for k, v in flatten(cfg.to_dict()).items()}
     flat = {k: v for k, v in flat.items()
-            if k not in NOT_AFFECTING_RESULTS and ADDED_SETTINGS_DEFAULTS.get(k, _NO_DEFAULT) != v}
+            if k not in NOT_AFFECTING_RESULTS and not is_added_setting_at_default(k, v)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -7,7 +7,8 @@ peer k minimises its loss of ``dogo.objective.cohort_losses``,
 
 and all peers are updated from the same snapshot (every forward pass happens before any optimizer
 step), each with its own optimizer and schedule. Each peer sees its own two augmented views of
-every image, as in the method (``augment.share_views`` makes them share).
+every image, as in the method (``augment.share_views`` makes them share). A peer with ``frozen: true``
+is never updated: a fixed network (random, from scratch) that the others distil from.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Peer:
     augment: ViewAugment
     distill_weight: float
     module: nn.Module  # what runs the forward pass: the model, or its DDP/compiled wrapper
+    frozen: bool = False  # weights never updated: a fixed network that only teaches
 
 
 def scaled_lr(lr: float, batch_size: int, reference_batch: int, rule: str) -> float:
@@ -201,6 +203,9 @@ class Trainer:
     def _build_peer(self, p) -> Peer:
         model = build_model(p, self.train_data.channels, self.cfg.data.image_size,
                             self.cfg.train.bn_views).to(self.device)
+        if p.frozen:
+            # No gradient reaches it, so no graph is kept for its forward; its optimizer never steps.
+            model.requires_grad_(False)
         if self.cfg.train.channels_last:  # faster convolutions on CUDA and on the CPU alike
             model = model.to(memory_format=torch.channels_last)
         t = self.cfg.train
@@ -212,10 +217,15 @@ class Trainer:
             optimizer, lambda s: lr_factor(s, self.total_steps, warmup, t.schedule, t.min_lr_ratio))
         augment = view_augment_for(p.objective, self.cfg.data.image_size, self.train_data.mean,
                                    self.train_data.std, self.cfg.augment)
-        module = dist_utils.wrap(model, self.device, t.sync_batchnorm) if self.distributed else model
+        if self.distributed and p.frozen:  # DDP refuses a module without trainable parameters
+            module = dist_utils.broadcast_module(model)
+        elif self.distributed:
+            module = dist_utils.wrap(model, self.device, t.sync_batchnorm)
+        else:
+            module = model
         if t.compile and t.compile_scope == "model":
             module = torch.compile(module, mode=t.compile_mode)
-        return Peer(p.name, model, optimizer, scheduler, augment, p.distill_weight, module)
+        return Peer(p.name, model, optimizer, scheduler, augment, p.distill_weight, module, p.frozen)
 
     def _view_seed(self) -> int:
         """Seed of this process's view generator: distinct per training seed, process and ``augment.view_seed``."""
@@ -272,8 +282,9 @@ class Trainer:
             total = total * dist_utils.world_size()
         self.scaler.scale(total).backward()
         for peer in self.peers:
-            self.scaler.step(peer.optimizer)
-            peer.scheduler.step()
+            if not peer.frozen:
+                self.scaler.step(peer.optimizer)
+                peer.scheduler.step()
         self.scaler.update()
         self.global_step += 1
         return losses
@@ -477,7 +488,7 @@ class Trainer:
             sums = self.accum[p.name]
             peers[p.name] = {f"{term}_loss": dist_utils.mean_over_ranks(sums[term]).item() / self.steps_per_epoch
                              for term in TERMS}
-            peers[p.name]["lr"] = p.optimizer.param_groups[0]["lr"]
+            peers[p.name]["lr"] = 0.0 if p.frozen else p.optimizer.param_groups[0]["lr"]
         epoch = self.epoch + 1
         if t.knn_every and (epoch % t.knn_every == 0 or epoch == t.epochs) and self.is_main:
             for name, acc in self.knn_monitor().items():

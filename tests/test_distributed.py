@@ -154,6 +154,20 @@ def _engine_step(run_dir: Path, images: torch.Tensor, distill: bool = True):
     return values, _grads(*(p.model for p in trainer.peers))
 
 
+def _frozen_peer_after_a_step(run_dir: Path, images: torch.Tensor) -> list[torch.Tensor]:
+    """The engine's pair with its second peer frozen, after one train_step: that peer's weights."""
+    from dogo.train import Trainer
+
+    full = _engine_images()
+    data = ImageDataset("fashion_mnist", full, torch.zeros(len(full), dtype=torch.long), ("x",), (0.3,), (0.35,))
+    cfg = _engine_config()
+    cfg.peers[1].frozen = True
+    trainer = Trainer(cfg, run_dir, train_data=data, progress=False)
+    if len(images):
+        trainer.train_step(images)
+    return [p.detach().clone() for p in trainer.peers[1].model.parameters()]
+
+
 # ------------------------------------------------------------------ the spawned processes
 
 
@@ -172,8 +186,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     function_result = {"loss": loss.item(), "grads": _grads(model_a, model_b)}
 
     engine_losses, engine_grads = _engine_step(Path(out_dir) / "run", _engine_images()[rows])
-    torch.save({"function": function_result, "engine": {"losses": engine_losses, "grads": engine_grads}},
-               Path(out_dir) / f"rank{rank}.pt")
+    frozen = _frozen_peer_after_a_step(Path(out_dir) / f"frozen{rank}", _engine_images()[rows])
+    torch.save({"function": function_result, "engine": {"losses": engine_losses, "grads": engine_grads},
+                "frozen": frozen}, Path(out_dir) / f"rank{rank}.pt")
     dist_utils.cleanup()
 
 
@@ -218,6 +233,17 @@ def test_engine_step_under_ddp_equals_one_process(two_process_results, tmp_path)
             # float32 sums in another order: an error relative to the tensor's scale, 100x below the
             # distillation term's share of the gradient checked above.
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+
+
+@pytest.mark.slow
+def test_a_frozen_peer_holds_rank_0s_weights_on_every_process(two_process_results, tmp_path):
+    """DDP cannot wrap a peer with no trainable parameter; the engine broadcasts it instead. Each process
+    seeds its own initialisation (seed + rank), so without the broadcast rank 1's peer would differ; a
+    frozen peer is rank 0's (the single process's) initial network on every process, after a step too."""
+    initial = _frozen_peer_after_a_step(tmp_path / "single", _engine_images()[:0])
+    for rank, result in enumerate(two_process_results):
+        assert len(result["frozen"]) == len(initial)
+        assert all(torch.equal(got, want) for got, want in zip(result["frozen"], initial)), f"rank {rank}"
 
 
 def test_without_a_process_group_everything_is_a_single_process_no_op():

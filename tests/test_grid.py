@@ -410,12 +410,23 @@ def assert_only_the_views_differ(cfg, view_seed, alone):
     assert config_hash(cfg) == config_hash(alone)
 
 
+def assert_adopts(grid, source, cells: list[str], seeds: list[int]) -> None:
+    """``grid`` has ``cells`` (the last its own) on ``seeds``, with ``source``'s evaluation settings and, for
+    every other cell, the same experiment as ``source``'s cell of that name (what ``--adopt`` copies)."""
+    assert grid.eval_settings == source.eval_settings and grid.spec.seeds == seeds
+    assert [c.name for c in grid.spec.cells] == cells
+    for seed in seeds:
+        for name in cells[:-1]:
+            assert config_hash(grid.config(name, seed)) == config_hash(source.config(name, seed)), (name, seed)
+
+
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
-        "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml", "gpu_fmnist_r18_r50.yaml",
+        "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml",
+        "frozen_peer_cnn_12.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml",
@@ -610,17 +621,23 @@ def test_committed_grid_files_are_valid():
         assert config_hash(twin) == config_hash(oneway.config("peer_w16_oneway", seed)), seed
     # Two one-way peers: without the third network and with the student's weight back at 0.1, the one-way pair.
     two_grid = load_grid(REPO / "configs/grids/two_teachers_cnn_12.yaml")
-    assert two_grid.eval_settings == oneway.eval_settings and two_grid.spec.seeds == list(range(12))
-    assert [c.name for c in two_grid.spec.cells] == ["small_alone", "peer_w16_oneway", "two_teachers"]
+    assert_adopts(two_grid, oneway, ["small_alone", "peer_w16_oneway", "two_teachers"], list(range(12)))
     for seed in two_grid.spec.seeds:
-        for name in ("small_alone", "peer_w16_oneway"):
-            assert config_hash(two_grid.config(name, seed)) == config_hash(oneway.config(name, seed)), (name, seed)
         two = two_grid.config("two_teachers", seed)
         assert [(p.name, p.width, p.distill_weight) for p in two.peers] == [
             ("small", 16, 0.05), ("large", 16, 0.0), ("third", 16, 0.0)]
         del two.peers[2]
         two.peers[0].distill_weight = 0.1
         assert config_hash(two) == config_hash(oneway.config("peer_w16_oneway", seed)), seed
+    # A frozen peer: unfrozen, the one-way pair (a frozen peer is another experiment: another config hash).
+    frozen_grid = load_grid(REPO / "configs/grids/frozen_peer_cnn_12.yaml")
+    assert_adopts(frozen_grid, oneway, ["small_alone", "peer_w16_oneway", "frozen_peer"], list(range(16)))
+    for seed in frozen_grid.spec.seeds:
+        frozen = frozen_grid.config("frozen_peer", seed)
+        assert [(p.width, p.distill_weight, p.frozen) for p in frozen.peers] == [(16, 0.1, False), (16, 0.0, True)]
+        assert config_hash(frozen) != config_hash(oneway.config("peer_w16_oneway", seed))
+        frozen.peers[1].frozen = False
+        assert config_hash(frozen) == config_hash(oneway.config("peer_w16_oneway", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds

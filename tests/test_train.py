@@ -96,6 +96,49 @@ def test_a_peer_that_distils_nothing_trains_the_same_beside_any_partner(tmp_path
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_frozen_peer_never_changes_and_still_teaches(tmp_path):
+    """``frozen: true`` keeps a peer at its initial weights (its BatchNorm still keeps running statistics)
+    while the student distils from it: the student's first step equals the one beside the same peer
+    unfrozen (same weights, same views), and later steps differ because only the unfrozen peer learns.
+    configs/grids/frozen_peer_cnn_12.yaml reads the small CNN beside such a fixed random network."""
+    data = synthetic(channels=1, size=28)
+
+    def trained(run: str, frozen: bool, steps: int):
+        peers = ("[{name: student, width: 4, distill_weight: 1.0}, "
+                 f"{{name: teacher, width: 4, distill_weight: 0.0, frozen: {str(frozen).lower()}}}]")
+        cfg = load_config(None, tiny_overrides(tmp_path, peers=peers, **{"train.knn_every": 0}))
+        trainer = Trainer(cfg, tmp_path / run, train_data=data)
+        initial = [p.detach().clone() for p in trainer.peers[1].model.parameters()]
+        buffers = [b.detach().clone() for b in trainer.peers[1].model.buffers()]
+        for start in range(0, 32 * steps, 32):
+            trainer.train_step(data.images[start:start + 32])
+        return trainer, initial, buffers
+
+    frozen, initial, buffers = trained("frozen", True, 3)
+    assert all(torch.equal(p, p0) for p, p0 in zip(frozen.peers[1].model.parameters(), initial))
+    assert not all(torch.equal(b, b0) for b, b0 in zip(frozen.peers[1].model.buffers(), buffers))
+    unfrozen, initial_unfrozen, _ = trained("unfrozen", False, 3)
+    assert all(torch.equal(a, b) for a, b in zip(initial, initial_unfrozen))
+    assert any(not torch.allclose(p, p0, rtol=1e-3, atol=1e-4)
+               for p, p0 in zip(unfrozen.peers[1].model.parameters(), initial))
+    assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+               for a, b in zip(frozen.peers[0].model.parameters(), unfrozen.peers[0].model.parameters()))
+    one_frozen, _, _ = trained("frozen_1", True, 1)
+    one_unfrozen, _, _ = trained("unfrozen_1", False, 1)
+    for a, b in zip(one_frozen.peers[0].model.parameters(), one_unfrozen.peers[0].model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_frozen_peer_logs_no_learning_rate_and_every_peer_frozen_is_refused(tmp_path):
+    peers = "[{name: small, width: 4, distill_weight: 0.1}, {name: large, width: 4, distill_weight: 0.0, frozen: true}]"
+    result = train(None, overrides=tiny_overrides(tmp_path, peers=peers))
+    first = read_metrics(tmp_path / Path(result["run_dir"]).name)[0]["peers"]
+    assert first["large"]["lr"] == 0.0 and first["small"]["lr"] > 0
+    assert 10.0 < first["large"]["knn_top1"] <= 100.0  # a random network's features, evaluated
+    with pytest.raises(ConfigError, match="every peer is frozen"):
+        load_config(None, tiny_overrides(tmp_path, peers="[{name: solo, width: 4, frozen: true}]"))
+
+
 def test_step_updates_all_peers_from_the_same_snapshot(tmp_path):
     """One train_step equals: compute each peer's loss on the pre-step weights, then step each."""
     cfg = load_config(None, tiny_overrides(tmp_path, **{"train.knn_every": 0}))
