@@ -426,7 +426,7 @@ def test_committed_grid_files_are_valid():
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
         "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml",
-        "frozen_peer_cnn_12.yaml", "gpu_fmnist_r18_r50.yaml",
+        "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml",
@@ -638,6 +638,13 @@ def test_committed_grid_files_are_valid():
         assert config_hash(frozen) != config_hash(oneway.config("peer_w16_oneway", seed))
         frozen.peers[1].frozen = False
         assert config_hash(frozen) == config_hash(oneway.config("peer_w16_oneway", seed)), seed
+    # Its confirmation on fresh seeds: the same two cells; the small CNN alone of seeds 16-18 adopted.
+    frozen_confirm = load_grid(REPO / "configs/grids/frozen_peer_confirm.yaml")
+    assert frozen_confirm.spec.confirms == frozen_grid.spec.name
+    assert_adopts(frozen_confirm, frozen_grid, ["small_alone", "frozen_peer"], list(range(16, 24)))
+    for seed in frozen_confirm.spec.seeds:
+        confirm_cell, earlier_cell = frozen_confirm.config("frozen_peer", seed), frozen_grid.config("frozen_peer", seed)
+        assert config_hash(confirm_cell) == config_hash(earlier_cell), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
