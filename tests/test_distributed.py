@@ -115,6 +115,12 @@ def _engine_images() -> torch.Tensor:
                          dtype=torch.uint8)
 
 
+def _engine_data() -> ImageDataset:
+    """The engine tests' training set: every process's images, unlabelled."""
+    full = _engine_images()
+    return ImageDataset("fashion_mnist", full, torch.zeros(len(full), dtype=torch.long), ("x",), (0.3,), (0.35,))
+
+
 @torch.no_grad()
 def _freeze_batchnorm_at_batch_statistics(model: nn.Module, views: _FixedViews, images: torch.Tensor) -> None:
     """Set every BatchNorm's running statistics to those of the whole batch, then switch to eval mode.
@@ -139,8 +145,7 @@ def _engine_step(run_dir: Path, images: torch.Tensor, distill: bool = True):
     ``distill=False`` sets every distillation weight to 0 (the reference without the KL term)."""
     from dogo.train import Trainer
 
-    full = _engine_images()
-    data = ImageDataset("fashion_mnist", full, torch.zeros(len(full), dtype=torch.long), ("x",), (0.3,), (0.35,))
+    data = _engine_data()
     cfg = _engine_config()
     if not distill:
         for peer_cfg in cfg.peers:
@@ -148,7 +153,7 @@ def _engine_step(run_dir: Path, images: torch.Tensor, distill: bool = True):
     trainer = Trainer(cfg, run_dir, train_data=data, progress=False)
     for k, peer in enumerate(trainer.peers):
         peer.augment = _FixedViews(gain=1.0 - 0.2 * k)
-        _freeze_batchnorm_at_batch_statistics(peer.model, peer.augment, full)
+        _freeze_batchnorm_at_batch_statistics(peer.model, peer.augment, data.images)
     losses = trainer.train_step(images)
     values = [{term: v.detach().item() for term, v in peer_losses.items()} for peer_losses in losses]
     return values, _grads(*(p.model for p in trainer.peers))
@@ -158,11 +163,9 @@ def _frozen_peer_after_a_step(run_dir: Path, images: torch.Tensor) -> list[torch
     """The engine's pair with its second peer frozen, after one train_step: that peer's weights."""
     from dogo.train import Trainer
 
-    full = _engine_images()
-    data = ImageDataset("fashion_mnist", full, torch.zeros(len(full), dtype=torch.long), ("x",), (0.3,), (0.35,))
     cfg = _engine_config()
     cfg.peers[1].frozen = True
-    trainer = Trainer(cfg, run_dir, train_data=data, progress=False)
+    trainer = Trainer(cfg, run_dir, train_data=_engine_data(), progress=False)
     if len(images):
         trainer.train_step(images)
     return [p.detach().clone() for p in trainer.peers[1].model.parameters()]
