@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 from .config import Config, baseline_of, config_differences, load_config, load_config_from  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, DogoError, NonFiniteLossError  # noqa: E402
-from .losses import nt_xent, similarity_distill, simsiam_loss  # noqa: E402
+from .losses import nt_xent, similarity_distill, simsiam_loss, uniform_similarity_distill  # noqa: E402
 
 # name -> the module that defines it, imported when the name is first used
 _LAZY = {
@@ -49,7 +49,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Config", "load_config", "load_config_from", "baseline_of", "config_differences",
-    "nt_xent", "simsiam_loss", "similarity_distill",
+    "nt_xent", "simsiam_loss", "similarity_distill", "uniform_similarity_distill",
     "DogoError", "ConfigError", "DataError", "CheckpointError", "NonFiniteLossError",
     *_LAZY,
 ]

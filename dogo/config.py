@@ -22,6 +22,7 @@ from .errors import ConfigError, did_you_mean
 
 BACKBONES = ("cnn", "resnet18", "resnet34", "resnet50")
 OBJECTIVES = ("simclr", "simsiam")
+DISTILL_TARGETS = ("peers", "uniform")
 DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "cifar10_imbalanced", "stl10", "tiny_imagenet")
 
 
@@ -73,6 +74,10 @@ class PeerConfig:
     # True: the peer's weights never change (from scratch, a fixed random network). It still gives the
     # others its similarity distribution; BatchNorm normalises with batch statistics, as in every peer.
     frozen: bool = False
+    # What the peer distils towards: "peers" (the others' similarity distributions, the method) or
+    # "uniform" (a control: a target that holds no information, every image equally similar; it
+    # replaces the others, who still distil from this peer). Weighted by distill_weight either way.
+    distill_target: str = field(default="peers", metadata=validate(choices=DISTILL_TARGETS))
 
 
 @dataclass
@@ -369,9 +374,10 @@ def load_config_from(cfg: Config, overrides: list[str]) -> Config:
 
 
 def baseline_of(cfg: Config) -> Config:
-    """The same run with only the first peer: SimCLR (or SimSiam) alone, nothing to distil from."""
+    """The same run with only the first peer: SimCLR (or SimSiam) alone, nothing to distil from (so no
+    uniform target either) and trained (were it frozen)."""
     data = cfg.to_dict()
-    data["peers"] = data["peers"][:1]
+    data["peers"] = [{**data["peers"][0], "distill_target": "peers", "frozen": False}]
     data["name"] = f"{cfg.name}_alone"
     return from_dict(data)
 
@@ -389,7 +395,8 @@ SPEED_ONLY = ("train.compile", "train.compile_mode", "train.compile_scope", "tra
 # Settings added after results were recorded, with the value that reproduces the earlier behaviour: a
 # config hash leaves them out at that value, so adding a setting does not make every result stale.
 # A per-peer setting is named with ``*`` for the peer's index.
-ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model", "augment.view_seed": 0, "peers.*.frozen": False}
+ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model", "augment.view_seed": 0, "peers.*.frozen": False,
+                           "peers.*.distill_target": "peers"}
 
 
 def is_added_setting_at_default(key: str, value: Any) -> bool:

@@ -1,10 +1,13 @@
-"""The three losses of DoGo: SimCLR's NT-Xent, SimSiam's negative cosine, and similarity distillation.
+"""The three losses of DoGo: SimCLR's NT-Xent, SimSiam's negative cosine, and similarity distillation
+(with its control, distillation towards the uniform distribution).
 
 All three take float32 or float64 tensors of shape (B, d) with B >= 2 and compute cosine
 similarities as a matmul of L2-normalised rows, so memory is O(B^2), never O(B^2 d).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -122,15 +125,50 @@ def similarity_distill(
     _check_pair("peer1", peer1, "peer2", peer2)
     _check_pair("own1", own1, "peer1", peer1, same_dim=False)
     _check_temperature(temperature)
-    if reduction not in ("batchmean", "mean", "sum"):
-        raise ValueError(f"reduction must be 'batchmean', 'mean' or 'sum', got {reduction!r}")
+    _check_reduction(reduction)
     log_p = similarity_log_distribution(own1, own2, temperature)
     with torch.no_grad():
         log_q = similarity_log_distribution(peer1.detach(), peer2.detach(), temperature).to(log_p.dtype)
+    return _reduced_kl(log_q, log_p, reduction)
+
+
+def uniform_similarity_distill(own1: Tensor, own2: Tensor, temperature: float = 0.1,
+                               reduction: str = "batchmean") -> Tensor:
+    """``similarity_distill`` towards a teacher that knows nothing: every image equally similar.
+
+    A control for the distillation term: the target is the uniform distribution U[i, j] = 1/B, so
+    the loss only smooths the own similarity distribution P (as in ``similarity_distill``, B x B)::
+
+        KL(U || P) = sum_{i, j} 1/B * (log(1/B) - log P[i, j]) = -B log B - 1/B * sum_{i, j} log P[i, j]
+
+    It equals ``similarity_distill`` with a peer whose outputs are all the same vector.
+
+    Args:
+        own1, own2: the own model's head outputs for views 1 and 2, shape (B, d).
+        temperature, reduction: as in ``similarity_distill``.
+
+    Returns:
+        scalar tensor >= 0; 0 when every row of P is uniform.
+    """
+    _check_pair("own1", own1, "own2", own2)
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    log_p = similarity_log_distribution(own1, own2, temperature)
+    log_u = torch.full_like(log_p, -math.log(own1.shape[0]))
+    return _reduced_kl(log_u, log_p, reduction)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("batchmean", "mean", "sum"):
+        raise ValueError(f"reduction must be 'batchmean', 'mean' or 'sum', got {reduction!r}")
+
+
+def _reduced_kl(log_q: Tensor, log_p: Tensor, reduction: str) -> Tensor:
+    """sum_{i, j} Q[i, j] * (log Q[i, j] - log P[i, j]) for (B, B) log-distributions, reduced."""
     # Summed in float64: the float32 result of a vectorised sum can change in its last bit with
     # memory alignment, which would make logged values differ between identical runs.
     total = (log_q.exp() * (log_q - log_p)).sum(dtype=torch.float64).to(log_p.dtype)
-    batch = own1.shape[0]
+    batch = log_p.shape[0]
     if reduction == "batchmean":
         return total / batch
     if reduction == "mean":

@@ -13,7 +13,11 @@ For peers k = 1..K, each with its own two views of the same B images, peer k min
 - ``P_j`` is a fixed target (detached): no gradient flows into the peer. With the peers' graphs
   disjoint, one backward of sum_k loss_k gives each peer exactly the gradient of its own loss.
 
-K = 1 is the single-model baseline (no distillation term). ``reduction`` is that of
+A peer whose distillation target is ``"uniform"`` (a control) replaces its sum over the others by one
+term towards the uniform distribution: loss_k = ssl_k + w_k * KL(U || P_k), U[i, j] = 1/B
+(``uniform_similarity_distill``); the others still distil from it.
+
+K = 1 is the single-model baseline (no distillation term, unless its target is uniform). ``reduction`` is that of
 ``similarity_distill`` (``"mean"``, the authors', divides the KL sum by B^2; ``"batchmean"`` by B).
 """
 
@@ -24,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import nt_xent, similarity_distill, simsiam_loss
+from .config import DISTILL_TARGETS
+from .losses import nt_xent, similarity_distill, simsiam_loss, uniform_similarity_distill
 
 Tensor = torch.Tensor
 OBJECTIVES = ("simclr", "simsiam")
@@ -74,7 +79,8 @@ def distill_pair(own, own_out: ViewOutputs, peer, peer_out: ViewOutputs) -> tupl
 
 def cohort_losses(outputs: Sequence[ViewOutputs], objectives: Sequence[str], weights: Sequence[float],
                   temperature: float = 0.1, reduction: str = "batchmean",
-                  ssl_temperatures: Sequence[float] | None = None) -> list[dict[str, Tensor]]:
+                  ssl_temperatures: Sequence[float] | None = None,
+                  targets: Sequence[str] | None = None) -> list[dict[str, Tensor]]:
     """Every peer's ``{"ssl", "distill", "total"}`` (scalar tensors): the formula in the module doc.
 
     Args:
@@ -84,23 +90,33 @@ def cohort_losses(outputs: Sequence[ViewOutputs], objectives: Sequence[str], wei
         temperature: tau_kd of the similarity distributions.
         reduction: of the KL term, see ``similarity_distill``.
         ssl_temperatures: NT-Xent temperature per peer (SimCLR peers; default 0.5).
+        targets: what each peer distils towards, ``"peers"`` (default) or ``"uniform"``.
     """
     k_peers = len(outputs)
     if ssl_temperatures is None:
         ssl_temperatures = [0.5] * k_peers
-    if not len(objectives) == len(weights) == len(ssl_temperatures) == k_peers:
+    if targets is None:
+        targets = ["peers"] * k_peers
+    if not len(objectives) == len(weights) == len(ssl_temperatures) == len(targets) == k_peers:
         raise ValueError(f"cohort_losses: {k_peers} outputs but {len(objectives)} objectives, {len(weights)} "
-                         f"weights and {len(ssl_temperatures)} SSL temperatures")
+                         f"weights, {len(ssl_temperatures)} SSL temperatures and {len(targets)} targets")
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise ValueError(f"unknown objective {unknown[0]!r}; choose simclr or simsiam")
+    unknown = [t for t in targets if t not in DISTILL_TARGETS]
+    if unknown:
+        raise ValueError(f"unknown distillation target {unknown[0]!r}; choose peers or uniform")
     losses = []
     for k in range(k_peers):
         ssl = ssl_loss(objectives[k], outputs[k], ssl_temperatures[k])
-        distill = torch.zeros((), device=ssl.device, dtype=ssl.dtype)
-        for j in range(k_peers):
-            if j != k:
-                pair = distill_pair(objectives[k], outputs[k], objectives[j], outputs[j])
-                distill = distill + similarity_distill(*pair, temperature=temperature, reduction=reduction)
+        if targets[k] == "uniform":
+            own_views = distill_pair(objectives[k], outputs[k], objectives[k], outputs[k])[:2]
+            distill = uniform_similarity_distill(*own_views, temperature=temperature, reduction=reduction)
+        else:
+            distill = torch.zeros((), device=ssl.device, dtype=ssl.dtype)
+            for j in range(k_peers):
+                if j != k:
+                    pair = distill_pair(objectives[k], outputs[k], objectives[j], outputs[j])
+                    distill = distill + similarity_distill(*pair, temperature=temperature, reduction=reduction)
         losses.append({"ssl": ssl, "distill": distill, "total": ssl + weights[k] * distill})
     return losses

@@ -95,6 +95,7 @@ class Peer:
     distill_weight: float
     module: nn.Module  # what runs the forward pass: the model, or its DDP/compiled wrapper
     frozen: bool = False  # weights never updated: a fixed network that only teaches
+    distill_target: str = "peers"  # or "uniform": a control target that holds no information
 
 
 def scaled_lr(lr: float, batch_size: int, reference_batch: int, rule: str) -> float:
@@ -225,7 +226,8 @@ class Trainer:
             module = model
         if t.compile and t.compile_scope == "model":
             module = torch.compile(module, mode=t.compile_mode)
-        return Peer(p.name, model, optimizer, scheduler, augment, p.distill_weight, module, p.frozen)
+        return Peer(p.name, model, optimizer, scheduler, augment, p.distill_weight, module, p.frozen,
+                    p.distill_target)
 
     def _view_seed(self) -> int:
         """Seed of this process's view generator: distinct per training seed, process and ``augment.view_seed``."""
@@ -268,7 +270,7 @@ class Trainer:
         outputs = [dist_utils.gather_outputs(o) for o in outputs] if self.distributed else outputs
         return cohort_losses(outputs, [p.model.objective for p in self.peers], [p.distill_weight for p in self.peers],
                              self.cfg.distill.temperature, self.cfg.distill.reduction,
-                             [p.model.temperature for p in self.peers])
+                             [p.model.temperature for p in self.peers], [p.distill_target for p in self.peers])
 
     def train_step(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         for peer in self.peers:

@@ -432,9 +432,9 @@ def test_committed_grid_files_are_valid():
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
-        "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml", "weight_cnn_20seeds.yaml",
-        "weight_cnn_confirm.yaml",
-        "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml", "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
+        "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml", "uniform_target_cnn_12.yaml",
+        "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml",
+        "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
         grid = load_grid(f)
         assert grid.spec.compare and all(c.estimate_s for c in grid.spec.cells)
@@ -643,6 +643,15 @@ def test_committed_grid_files_are_valid():
     frozen_confirm = load_grid(REPO / "configs/grids/frozen_peer_confirm.yaml")
     assert frozen_confirm.spec.confirms == frozen_grid.spec.name
     assert_adopts(frozen_confirm, frozen_grid, ["small_alone", "frozen_peer"], list(range(16, 24)), own=0)
+    # A uniform target: the small CNN alone with a KL term towards U; back to target "peers", the same run alone.
+    uniform_grid = load_grid(REPO / "configs/grids/uniform_target_cnn_12.yaml")
+    assert_adopts(uniform_grid, frozen_grid, ["small_alone", "frozen_peer", "uniform_target"], list(range(24)))
+    for seed in uniform_grid.spec.seeds:
+        uniform = uniform_grid.config("uniform_target", seed)
+        assert [(p.width, p.distill_weight, p.distill_target) for p in uniform.peers] == [(16, 0.1, "uniform")]
+        assert config_hash(uniform) != config_hash(frozen_grid.config("small_alone", seed))
+        uniform.peers[0].distill_target = "peers"
+        assert config_hash(uniform) == config_hash(frozen_grid.config("small_alone", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds

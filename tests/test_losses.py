@@ -1,4 +1,4 @@
-"""The three losses against independent float64 references written with explicit loops.
+"""The three losses (and the uniform-target control) against independent float64 references written with explicit loops.
 
 The references below use numpy and Python's math on one row at a time, following the formulas of
 the method (docs: shared reference, sections 1-3), and share no code with ``dogo.losses``.
@@ -14,7 +14,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dogo import nt_xent, similarity_distill, simsiam_loss
+from dogo import nt_xent, similarity_distill, simsiam_loss, uniform_similarity_distill
 
 # ------------------------------------------------------------------------------- references
 
@@ -57,6 +57,17 @@ def ref_distill_sum(own1, own2, peer1, peer2, tau: float) -> float:
             log_p = own_logits[j] - own_norm
             log_q = peer_logits[j] - peer_norm
             total += math.exp(log_q) * (log_q - log_p)
+    return total
+
+
+def ref_uniform_distill_sum(own1, own2, tau: float) -> float:
+    """sum_i sum_j 1/B (log(1/B) - log P_ij), rows of P softmax_j(cos(a_i, b_j) / tau)."""
+    batch = len(own1)
+    total = 0.0
+    for i in range(batch):
+        logits = [_cos(own1[i], own2[j]) / tau for j in range(batch)]
+        norm = math.log(sum(math.exp(v) for v in logits))
+        total += sum((-math.log(batch) - (logits[j] - norm)) / batch for j in range(batch))
     return total
 
 
@@ -138,6 +149,44 @@ def test_similarity_distill_zero_for_identical_and_rescaled_peer():
     scale1 = torch.rand(6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(36)) * 5 + 0.1
     scale2 = torch.rand(6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(37)) * 5 + 0.1
     assert abs(similarity_distill(own1, own2, own1 * scale1, own2 * scale2).item()) < 1e-12
+
+
+@pytest.mark.parametrize("batch,dim,tau", [(2, 3, 0.1), (5, 4, 0.1), (7, 6, 0.5)])
+def test_uniform_similarity_distill_matches_reference(batch, dim, tau):
+    own1, own2 = _randn(batch, dim, seed=50), _randn(batch, dim, seed=51)
+    expected_sum = ref_uniform_distill_sum(*_np(own1, own2), tau)
+    got = {r: uniform_similarity_distill(own1, own2, tau, reduction=r).item() for r in ("batchmean", "mean", "sum")}
+    assert got["sum"] == pytest.approx(expected_sum, abs=1e-10, rel=1e-10)
+    assert got["batchmean"] == pytest.approx(expected_sum / batch, abs=1e-10, rel=1e-10)
+    assert got["mean"] == pytest.approx(expected_sum / batch**2, abs=1e-10, rel=1e-10)
+    assert got["sum"] > 0
+    assert uniform_similarity_distill(own1, own2).item() == pytest.approx(
+        ref_uniform_distill_sum(*_np(own1, own2), 0.1) / batch, abs=1e-10)  # defaults: tau 0.1, batchmean
+
+
+def test_uniform_target_is_a_peer_that_sees_every_image_alike():
+    """The uniform target is the similarity distribution of a peer whose outputs are all one vector
+    (every cosine 1); an own model whose outputs are all one vector is already there (zero loss)."""
+    own1, own2 = _randn(6, 5, seed=52), _randn(6, 5, seed=53)
+    constant = torch.ones(6, 3, dtype=torch.float64) * torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    for reduction in ("batchmean", "mean", "sum"):
+        torch.testing.assert_close(uniform_similarity_distill(own1, own2, 0.2, reduction),
+                                   similarity_distill(own1, own2, constant, constant, 0.2, reduction),
+                                   rtol=1e-12, atol=1e-12)
+    # Zero up to rounding: its sign is not defined, so only its size is checked.
+    assert abs(uniform_similarity_distill(constant, constant.clone()).item()) < 1e-12
+    with pytest.raises(ValueError, match="reduction"):
+        uniform_similarity_distill(own1, own2, reduction="none")
+    with pytest.raises(ValueError, match="temperature"):
+        uniform_similarity_distill(own1, own2, temperature=0.0)
+    with pytest.raises(ValueError, match="matching shapes"):
+        uniform_similarity_distill(own1, own2[:, :4])
+
+
+def test_gradcheck_uniform_similarity_distill():
+    own1 = _randn(4, 3, seed=54).requires_grad_()
+    own2 = _randn(4, 3, seed=55).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: uniform_similarity_distill(a, b, 0.2), (own1, own2))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -121,3 +121,29 @@ def test_two_peers_at_half_weight_teach_like_their_mean_distribution_at_full_wei
     torch.testing.assert_close(cohort(0.05), averaged, rtol=1e-5, atol=1e-6)  # float32 inside cohort_losses
     # The distillation part is far above that tolerance: the full weight on each peer is another gradient.
     assert (cohort(0.1) - averaged).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("objectives", [["simclr"], ["simsiam"], ["simclr", "simsiam"], ["simsiam", "simclr", "simclr"]])
+def test_a_uniform_target_replaces_the_peers_for_that_peer_only(objectives):
+    """A peer with target "uniform" distils towards U[i, j] = 1/B, whatever the others compute (K = 1
+    included); the others' terms are those of the cohort without it."""
+    outputs = [_outputs(obj, 30 + seed) for seed, obj in enumerate(objectives)]
+    weights, taus = [0.3, 1.0, 2.0][:len(objectives)], [0.5, 0.2, 0.7][:len(objectives)]
+    targets = ["uniform"] + ["peers"] * (len(objectives) - 1)
+    got = cohort_losses(outputs, objectives, weights, 0.1, "batchmean", taus, targets)
+    plain = cohort_losses(outputs, objectives, weights, 0.1, "batchmean", taus)
+    own = outputs[0]
+    a1, a2 = (own.z1, own.z2) if objectives[0] == "simclr" else (own.p1, own.p2)
+    log_p = torch.log_softmax(_cos(a1, a2) / 0.1, dim=1)
+    expected = (-math.log(5) - log_p).sum() / 5 / 5  # sum_ij 1/B (log 1/B - log P_ij), batchmean
+    close = dict(rtol=1e-5, atol=1e-6)  # float32 inside cohort_losses
+    torch.testing.assert_close(got[0]["distill"].double(), expected, **close)
+    torch.testing.assert_close(got[0]["total"].double(), (plain[0]["ssl"] + 0.3 * expected).double(), **close)
+    assert got[0]["distill"].item() > 0.1
+    for g, p in zip(got[1:], plain[1:]):
+        for term in ("ssl", "distill", "total"):
+            torch.testing.assert_close(g[term], p[term], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown distillation target 'mean'"):
+        cohort_losses(outputs, objectives, weights, 0.1, "batchmean", taus, ["mean"] * len(objectives))
+    with pytest.raises(ValueError, match="and 2 targets"):
+        cohort_losses(outputs[:1], objectives[:1], weights[:1], 0.1, "batchmean", taus[:1], ["peers", "peers"])

@@ -139,6 +139,31 @@ def test_a_frozen_peer_logs_no_learning_rate_and_every_peer_frozen_is_refused(tm
         load_config(None, tiny_overrides(tmp_path, peers="[{name: solo, width: 4, frozen: true}]"))
 
 
+def test_a_uniform_target_trains_one_network_towards_even_similarities(tmp_path):
+    """``distill_target: uniform`` gives a lone network a distillation term towards U[i, j] = 1/B (logged
+    and weighted like a peer's KL); baseline_of still gives the plain SSL run. A misspelt target fails at
+    start. configs/grids/uniform_target_cnn_12.yaml reads the small CNN trained this way."""
+    from dogo.config import baseline_of
+
+    peers = "[{name: small, width: 4, distill_weight: 0.5, distill_target: uniform}]"
+    cfg = load_config(None, tiny_overrides(tmp_path, peers=peers, **{"train.knn_every": 0}))
+    data = synthetic(channels=1, size=28)
+    trainer = Trainer(cfg, tmp_path / "uniform", train_data=data)
+    losses = trainer.compute_losses(data.images[:32])[0]
+    assert losses["distill"].item() > 0.1
+    torch.testing.assert_close(losses["total"], losses["ssl"] + 0.5 * losses["distill"], rtol=1e-6, atol=1e-6)
+    alone = baseline_of(cfg)
+    assert [(p.distill_target, p.frozen) for p in alone.peers] == [("peers", False)]
+    assert Trainer(alone, tmp_path / "alone", train_data=data).compute_losses(data.images[:32])[0]["distill"].item() == 0
+
+    result = train(None, overrides=tiny_overrides(tmp_path, peers=peers, **{"train.epochs": 1}))
+    metrics = read_metrics(tmp_path / Path(result["run_dir"]).name)[0]["peers"]["small"]
+    assert metrics["distill_loss"] > 0.1
+    assert metrics["total_loss"] == pytest.approx(metrics["ssl_loss"] + 0.5 * metrics["distill_loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match=r"peers\[0\]\.distill_target: unknown value 'flat'; choose from peers, uniform"):
+        load_config(None, tiny_overrides(tmp_path, peers="[{name: solo, width: 4, distill_target: flat}]"))
+
+
 def test_step_updates_all_peers_from_the_same_snapshot(tmp_path):
     """One train_step equals: compute each peer's loss on the pre-step weights, then step each."""
     cfg = load_config(None, tiny_overrides(tmp_path, **{"train.knn_every": 0}))
