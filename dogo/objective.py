@@ -69,12 +69,18 @@ def distill_pair(own, own_out: ViewOutputs, peer, peer_out: ViewOutputs) -> tupl
     against the peer's projection z.
     """
     own_objective, peer_objective = _objective_of(own), _objective_of(peer)
-    own_views = (own_out.z1, own_out.z2) if own_objective == "simclr" else (own_out.p1, own_out.p2)
     if peer_objective == "simclr" or own_objective == "simsiam":
         peer_views = (peer_out.z1, peer_out.z2)
     else:
         peer_views = (peer_out.p1, peer_out.p2)
-    return own_views[0].float(), own_views[1].float(), peer_views[0].float(), peer_views[1].float()
+    return *distilled_views(own_objective, own_out), peer_views[0].float(), peer_views[1].float()
+
+
+def distilled_views(own, own_out: ViewOutputs) -> tuple[Tensor, Tensor]:
+    """The (own1, own2) float tensors whose similarity distribution ``own`` distils: SimCLR's projections
+    z, SimSiam's predictions p."""
+    views = (own_out.z1, own_out.z2) if _objective_of(own) == "simclr" else (own_out.p1, own_out.p2)
+    return views[0].float(), views[1].float()
 
 
 def cohort_losses(outputs: Sequence[ViewOutputs], objectives: Sequence[str], weights: Sequence[float],
@@ -110,7 +116,7 @@ def cohort_losses(outputs: Sequence[ViewOutputs], objectives: Sequence[str], wei
     for k in range(k_peers):
         ssl = ssl_loss(objectives[k], outputs[k], ssl_temperatures[k])
         if targets[k] == "uniform":
-            own_views = distill_pair(objectives[k], outputs[k], objectives[k], outputs[k])[:2]
+            own_views = distilled_views(objectives[k], outputs[k])
             distill = uniform_similarity_distill(*own_views, temperature=temperature, reduction=reduction)
         else:
             distill = torch.zeros((), device=ssl.device, dtype=ssl.dtype)
