@@ -432,7 +432,8 @@ def test_committed_grid_files_are_valid():
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
-        "small_cnn_15seeds.yaml", "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml", "uniform_target_cnn_12.yaml",
+        "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
+        "uniform_target_cnn_12.yaml",
         "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml",
         "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
@@ -652,6 +653,16 @@ def test_committed_grid_files_are_valid():
         assert config_hash(uniform) != config_hash(frozen_grid.config("small_alone", seed))
         uniform.peers[0].distill_target = "peers"
         assert config_hash(uniform) == config_hash(frozen_grid.config("small_alone", seed)), seed
+    # The baseline's NT-Xent temperature: the small CNN alone at 0.2 and 1.0; back at 0.5, the same run alone.
+    temperature_grid = load_grid(REPO / "configs/grids/temperature_cnn_12.yaml")
+    assert_adopts(temperature_grid, uniform_grid, ["small_alone", "uniform_target", "alone_tau02", "alone_tau1"],
+                  list(range(12)), own=2)
+    for seed in temperature_grid.spec.seeds:
+        for cell, tau in (("alone_tau02", 0.2), ("alone_tau1", 1.0)):
+            alone = temperature_grid.config(cell, seed)
+            assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, tau, "peers")]
+            alone.peers[0].temperature = 0.5
+            assert config_hash(alone) == config_hash(uniform_grid.config("small_alone", seed)), (cell, seed)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
