@@ -432,7 +432,8 @@ def test_committed_grid_files_are_valid():
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
-        "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
+        "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
+        "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
         "uniform_target_cnn_12.yaml",
         "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml",
         "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
@@ -654,6 +655,16 @@ def test_committed_grid_files_are_valid():
             assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, tau, "peers")]
             alone.peers[0].temperature = 0.5
             assert config_hash(alone) == config_hash(uniform_grid.config("small_alone", seed)), (cell, seed)
+    # The uniform target at temperature 0.2: back at target "peers", the same run as alone at 0.2.
+    both_grid = load_grid(REPO / "configs/grids/temperature_uniform_cnn_12.yaml")
+    assert_adopts(both_grid, temperature_grid, ["small_alone", "uniform_target", "alone_tau02", "uniform_tau02"],
+                  list(range(12)))
+    for seed in both_grid.spec.seeds:
+        both = both_grid.config("uniform_tau02", seed)
+        assert [(p.width, p.temperature, p.distill_weight, p.distill_target) for p in both.peers] == [
+            (16, 0.2, 0.1, "uniform")]
+        both.peers[0].distill_target = "peers"
+        assert config_hash(both) == config_hash(temperature_grid.config("alone_tau02", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
