@@ -410,14 +410,15 @@ def assert_only_the_views_differ(cfg, view_seed, alone):
     assert config_hash(cfg) == config_hash(alone)
 
 
-def assert_adopts(grid, source, cells: list[str], seeds: list[int], own: int = 1) -> None:
+def assert_adopts(grid, source, cells: list[str], seeds: list[int], own: int = 1, skip: list[str] = ()) -> None:
     """``grid`` has ``cells`` (the last ``own`` of them its own) on ``seeds``, with ``source``'s evaluation
-    settings and, for every other cell, the same experiment as ``source``'s cell of that name (what
-    ``--adopt`` copies, or what a confirmation grid runs again on fresh seeds)."""
+    settings and, for every other cell but those in ``skip`` (adopted from another source), the same experiment
+    as ``source``'s cell of that name (what ``--adopt`` copies, or what a confirmation grid runs again on fresh
+    seeds)."""
     assert grid.eval_settings == source.eval_settings and grid.spec.seeds == seeds
     assert [c.name for c in grid.spec.cells] == cells
     for seed in seeds:
-        for name in cells[:len(cells) - own]:
+        for name in [c for c in cells[:len(cells) - own] if c not in skip]:
             assert config_hash(grid.config(name, seed)) == config_hash(source.config(name, seed)), (name, seed)
 
 
@@ -430,7 +431,7 @@ def test_committed_grid_files_are_valid():
         "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
-        "peer_oneway_cnn_12.yaml",
+        "peer_oneway_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
         "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
@@ -665,6 +666,19 @@ def test_committed_grid_files_are_valid():
             (16, 0.2, 0.1, "uniform")]
         both.peers[0].distill_target = "peers"
         assert config_hash(both) == config_hash(temperature_grid.config("alone_tau02", seed)), seed
+    # The mutual width-16 pair at temperature 0.2: its first two cells are peer_width_cnn_12's, the next two
+    # temperature_uniform_cnn_12's; back at 0.5, the new cell is the width-16 pair.
+    pair_grid = load_grid(REPO / "configs/grids/peer_tau02_cnn_12.yaml")
+    assert_adopts(pair_grid, width, ["small_alone", "peer_w16", "alone_tau02", "uniform_tau02", "peer_w16_tau02"],
+                  list(range(12)), own=3)
+    assert_adopts(pair_grid, both_grid, ["small_alone", "peer_w16", "alone_tau02", "uniform_tau02", "peer_w16_tau02"],
+                  list(range(12)), own=1, skip=["peer_w16"])
+    for seed in pair_grid.spec.seeds:
+        pair = pair_grid.config("peer_w16_tau02", seed)
+        assert [(p.width, p.temperature, p.distill_weight) for p in pair.peers] == [(16, 0.2, 0.1), (16, 0.2, 0.1)]
+        for peer in pair.peers:
+            peer.temperature = 0.5
+        assert config_hash(pair) == config_hash(width.config("peer_w16", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
