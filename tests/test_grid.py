@@ -669,10 +669,9 @@ def test_committed_grid_files_are_valid():
     # The mutual width-16 pair at temperature 0.2: its first two cells are peer_width_cnn_12's, the next two
     # temperature_uniform_cnn_12's; back at 0.5, the new cell is the width-16 pair.
     pair_grid = load_grid(REPO / "configs/grids/peer_tau02_cnn_12.yaml")
-    assert_adopts(pair_grid, width, ["small_alone", "peer_w16", "alone_tau02", "uniform_tau02", "peer_w16_tau02"],
-                  list(range(12)), own=3)
-    assert_adopts(pair_grid, both_grid, ["small_alone", "peer_w16", "alone_tau02", "uniform_tau02", "peer_w16_tau02"],
-                  list(range(12)), own=1, skip=["peer_w16"])
+    pair_cells = ["small_alone", "peer_w16", "alone_tau02", "uniform_tau02", "peer_w16_tau02"]
+    assert_adopts(pair_grid, width, pair_cells, list(range(12)), own=3)
+    assert_adopts(pair_grid, both_grid, pair_cells, list(range(12)), skip=["peer_w16"])
     for seed in pair_grid.spec.seeds:
         pair = pair_grid.config("peer_w16_tau02", seed)
         assert [(p.width, p.temperature, p.distill_weight) for p in pair.peers] == [(16, 0.2, 0.1), (16, 0.2, 0.1)]
