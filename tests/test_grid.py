@@ -426,7 +426,8 @@ def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
-        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "epochs_cnn_12.yaml", "epochs_cnn_12_11seeds.yaml",
+        "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "dogo_tau02_cnn_12.yaml", "epochs_cnn_12.yaml",
+        "epochs_cnn_12_11seeds.yaml",
         "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml",
         "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
@@ -678,6 +679,18 @@ def test_committed_grid_files_are_valid():
         for peer in pair.peers:
             peer.temperature = 0.5
         assert config_hash(pair) == config_hash(width.config("peer_w16", seed)), seed
+    # DoGo's own pair (width-48 peer) at temperature 0.2: its first two cells are peer_width_cnn_12's, the next
+    # two peer_tau02_cnn_12's; back at 0.5, the new cell is the `dogo` cell.
+    dogo_grid = load_grid(REPO / "configs/grids/dogo_tau02_cnn_12.yaml")
+    dogo_cells = ["small_alone", "dogo", "alone_tau02", "peer_w16_tau02", "dogo_tau02"]
+    assert_adopts(dogo_grid, width, dogo_cells, list(range(8)), own=3)
+    assert_adopts(dogo_grid, pair_grid, dogo_cells, list(range(8)), skip=["dogo"])
+    for seed in dogo_grid.spec.seeds:
+        pair = dogo_grid.config("dogo_tau02", seed)
+        assert [(p.width, p.temperature, p.distill_weight) for p in pair.peers] == [(16, 0.2, 0.1), (48, 0.2, 0.1)]
+        for peer in pair.peers:
+            peer.temperature = 0.5
+        assert config_hash(pair) == config_hash(width.config("dogo", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
