@@ -422,6 +422,17 @@ def assert_adopts(grid, source, cells: list[str], seeds: list[int], own: int = 1
             assert config_hash(grid.config(name, seed)) == config_hash(source.config(name, seed)), (name, seed)
 
 
+def assert_pair_at_temperature(grid, cell: str, source, source_cell: str, widths: list[int]) -> None:
+    """``grid``'s ``cell`` is ``source``'s ``source_cell`` (peers of ``widths``, weight 0.1) with every peer's
+    NT-Xent temperature at 0.2 instead of 0.5, on every seed: set back to 0.5, it has the same config hash."""
+    for seed in grid.spec.seeds:
+        pair = grid.config(cell, seed)
+        assert [(p.width, p.temperature, p.distill_weight) for p in pair.peers] == [(w, 0.2, 0.1) for w in widths]
+        for peer in pair.peers:
+            peer.temperature = 0.5
+        assert config_hash(pair) == config_hash(source.config(source_cell, seed)), seed
+
+
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
@@ -673,24 +684,14 @@ def test_committed_grid_files_are_valid():
     pair_cells = ["small_alone", "peer_w16", "alone_tau02", "uniform_tau02", "peer_w16_tau02"]
     assert_adopts(pair_grid, width, pair_cells, list(range(12)), own=3)
     assert_adopts(pair_grid, both_grid, pair_cells, list(range(12)), skip=["peer_w16"])
-    for seed in pair_grid.spec.seeds:
-        pair = pair_grid.config("peer_w16_tau02", seed)
-        assert [(p.width, p.temperature, p.distill_weight) for p in pair.peers] == [(16, 0.2, 0.1), (16, 0.2, 0.1)]
-        for peer in pair.peers:
-            peer.temperature = 0.5
-        assert config_hash(pair) == config_hash(width.config("peer_w16", seed)), seed
+    assert_pair_at_temperature(pair_grid, "peer_w16_tau02", width, "peer_w16", widths=[16, 16])
     # DoGo's own pair (width-48 peer) at temperature 0.2: its first two cells are peer_width_cnn_12's, the next
     # two peer_tau02_cnn_12's; back at 0.5, the new cell is the `dogo` cell.
     dogo_grid = load_grid(REPO / "configs/grids/dogo_tau02_cnn_12.yaml")
     dogo_cells = ["small_alone", "dogo", "alone_tau02", "peer_w16_tau02", "dogo_tau02"]
     assert_adopts(dogo_grid, width, dogo_cells, list(range(8)), own=3)
     assert_adopts(dogo_grid, pair_grid, dogo_cells, list(range(8)), skip=["dogo"])
-    for seed in dogo_grid.spec.seeds:
-        pair = dogo_grid.config("dogo_tau02", seed)
-        assert [(p.width, p.temperature, p.distill_weight) for p in pair.peers] == [(16, 0.2, 0.1), (48, 0.2, 0.1)]
-        for peer in pair.peers:
-            peer.temperature = 0.5
-        assert config_hash(pair) == config_hash(width.config("dogo", seed)), seed
+    assert_pair_at_temperature(dogo_grid, "dogo_tau02", width, "dogo", widths=[16, 48])
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
