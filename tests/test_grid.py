@@ -438,8 +438,7 @@ def test_committed_grid_files_are_valid():
     assert [f.name for f in files] == [
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "dogo_tau02_cnn_12.yaml", "epochs_cnn_12.yaml",
-        "epochs_cnn_12_11seeds.yaml",
-        "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml",
+        "epochs_cnn_12_11seeds.yaml", "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml",
         "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
