@@ -444,7 +444,8 @@ def test_committed_grid_files_are_valid():
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
-        "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
+        "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
+        "temperature_uniform_cnn_12.yaml",
         "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
         "uniform_target_cnn_12.yaml",
         "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml",
@@ -691,6 +692,14 @@ def test_committed_grid_files_are_valid():
     assert_adopts(dogo_grid, width, dogo_cells, list(range(8)), own=3)
     assert_adopts(dogo_grid, pair_grid, dogo_cells, list(range(8)), skip=["dogo"])
     assert_pair_at_temperature(dogo_grid, "dogo_tau02", width, "dogo", widths=[16, 48])
+    # The baseline at temperature 0.1: three cells of dogo_tau02_cnn_12; back at 0.5, the new one is alone.
+    low_grid = load_grid(REPO / "configs/grids/temperature_low_cnn_12.yaml")
+    assert_adopts(low_grid, dogo_grid, ["small_alone", "alone_tau02", "dogo_tau02", "alone_tau01"], list(range(8)))
+    for seed in low_grid.spec.seeds:
+        alone = low_grid.config("alone_tau01", seed)
+        assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, 0.1, "peers")]
+        alone.peers[0].temperature = 0.5
+        assert config_hash(alone) == config_hash(dogo_grid.config("small_alone", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
