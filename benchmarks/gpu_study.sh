@@ -12,7 +12,11 @@
 # report.log, results.tar.gz (the device returns at most 8).
 # Dry run of the plumbing on a CPU (tiny CNNs instead of ResNets, one seed, a minute):
 #   GPU_STUDY_TINY=1 OUT=/tmp/gpu-study bash benchmarks/gpu_study.sh
-# Settings: OUT, PYTHON, TIME_BUDGET (seconds, default 500), PARALLEL (default 3), RUNS (run folders),
+# The follow-up grid (ResNet-18 with and without ResNet-50 at NT-Xent temperature 0.2), once the first is complete:
+#   GRID=configs/grids/gpu_fmnist_r18_tau02.yaml ADOPT=results/gpu_fmnist_r18_r50 bash benchmarks/gpu_study.sh
+# Settings: GRID (a grid file named as its grid, default the first), ADOPT (result folders to adopt the same
+# experiments from, space-separated; ignored in the tiny dry run), OUT, PYTHON, TIME_BUDGET (seconds, default
+# 500), PARALLEL (default 3), RUNS (run folders),
 # SPEED: speed-only settings for every cell, chosen from what gpu_check.sh measured, e.g.
 #   SPEED="train.compile=true train.compile_scope=step train.compile_mode=reduce-overhead"
 # (the same experiments: results keep their config hash; see `dogo grid --help`).
@@ -30,15 +34,20 @@ mkdir -p "$OUT"
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}:$(pwd)/data/pydeps"
 export DOGO_DATA="$(pwd)/data"
 
-GRID=configs/grids/gpu_fmnist_r18_r50.yaml
-NAME=gpu_fmnist_r18_r50
+GRID=${GRID:-configs/grids/gpu_fmnist_r18_r50.yaml}
+NAME=$(basename "$GRID" .yaml)
 RESULTS=results/$NAME
+ADOPT_ARGS=()
+for source in ${ADOPT:-}; do
+  if [ -d "$source" ]; then ADOPT_ARGS+=(--adopt "$source"); else echo "ADOPT: no folder $source, nothing adopted from it"; fi
+done
 if [ -n "${GPU_STUDY_TINY:-}" ]; then
   # The same cells with tiny CNN peers, 256 images, one epoch, one seed, kNN and linear probes only.
-  NAME=gpu_fmnist_r18_r50_tiny
+  NAME=${NAME}_tiny
   RESULTS=$OUT/tiny-results/$NAME
   "$PY" benchmarks/tiny_grid.py "$GRID" "$OUT/$NAME.yaml" || exit 1
   GRID=$OUT/$NAME.yaml
+  ADOPT_ARGS=()  # tiny cells are other experiments: nothing of a real grid's results is theirs
 fi
 
 {
@@ -49,11 +58,12 @@ fi
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-"$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" "${SPEED_ARGS[@]}" --dry-run | tee "$OUT/plan_before.txt"
+"$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" "${ADOPT_ARGS[@]}" "${SPEED_ARGS[@]}" --dry-run \
+  | tee "$OUT/plan_before.txt"
 # The time budget keeps the grid from starting a cell that would not finish; the outer limit is a
 # safety net only (a killed cell leaves its checkpoint, not a result).
 timeout $((BUDGET + 60)) "$PY" -m dogo grid "$GRID" --results "$RESULTS" --runs "$RUNS" --parallel "$PARALLEL" \
-  --time-budget "$BUDGET" "${SPEED_ARGS[@]}" > "$OUT/grid.log" 2>&1
+  --time-budget "$BUDGET" "${ADOPT_ARGS[@]}" "${SPEED_ARGS[@]}" > "$OUT/grid.log" 2>&1
 rc=$?
 tail -n 40 "$OUT/grid.log"
 echo "grid exit status $rc"

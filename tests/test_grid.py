@@ -439,7 +439,7 @@ def test_committed_grid_files_are_valid():
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "dogo_tau02_cnn_12.yaml", "epochs_cnn_12.yaml",
         "epochs_cnn_12_11seeds.yaml", "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml",
-        "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml",
+        "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml", "gpu_fmnist_r18_tau02.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
@@ -692,6 +692,19 @@ def test_committed_grid_files_are_valid():
     assert_adopts(dogo_grid, width, dogo_cells, list(range(8)), own=3)
     assert_adopts(dogo_grid, pair_grid, dogo_cells, list(range(8)), skip=["dogo"])
     assert_pair_at_temperature(dogo_grid, "dogo_tau02", width, "dogo", widths=[16, 48])
+    # The GPU follow-up: ResNet-18 alone and beside ResNet-50 are the first GPU grid's cells; the new two are
+    # the same at NT-Xent temperature 0.2 (back at 0.5, the same experiments).
+    gpu = load_grid(REPO / "configs/grids/gpu_fmnist_r18_r50.yaml")
+    gpu_tau = load_grid(REPO / "configs/grids/gpu_fmnist_r18_tau02.yaml")
+    assert_adopts(gpu_tau, gpu, ["r18_alone", "r18_r50", "r18_alone_tau02", "r18_r50_tau02"], [0, 1, 2], own=2)
+    for seed in gpu_tau.spec.seeds:
+        for cell, source_cell, backbones in (("r18_alone_tau02", "r18_alone", ["resnet18"]),
+                                             ("r18_r50_tau02", "r18_r50", ["resnet18", "resnet50"])):
+            cfg = gpu_tau.config(cell, seed)
+            assert [(p.backbone, p.temperature) for p in cfg.peers] == [(b, 0.2) for b in backbones]
+            for peer in cfg.peers:
+                peer.temperature = 0.5
+            assert config_hash(cfg) == config_hash(gpu.config(source_cell, seed)), (cell, seed)
     # The baseline at temperature 0.1: three cells of dogo_tau02_cnn_12; back at 0.5, the new one is alone.
     low_grid = load_grid(REPO / "configs/grids/temperature_low_cnn_12.yaml")
     assert_adopts(low_grid, dogo_grid, ["small_alone", "alone_tau02", "dogo_tau02", "alone_tau01"], list(range(8)))
@@ -779,21 +792,26 @@ def test_tiny_variant_of_the_gpu_study_grid():
 
 
 @pytest.mark.slow
-def test_gpu_study_script_plumbing_with_no_time_left(tmp_path):
+@pytest.mark.parametrize("grid_file, cells", [("gpu_fmnist_r18_r50", 3), ("gpu_fmnist_r18_tau02", 4)])
+def test_gpu_study_script_plumbing_with_no_time_left(tmp_path, grid_file, cells):
     """The study script end to end on the CPU (tiny grid) with a zero time budget: it plans, starts no
-    cell, copies nothing and writes an empty report; a real tiny run is `GPU_STUDY_TINY=1 bash ...`."""
+    cell, copies nothing and writes an empty report; a real tiny run is `GPU_STUDY_TINY=1 bash ...`.
+    GRID picks the grid; ADOPT's folders are named when missing and never adopted from in a tiny run."""
     out = tmp_path / "out"
     env = dict(os.environ, GPU_STUDY_TINY="1", OUT=str(out), PYTHON=sys.executable, TIME_BUDGET="0",
                PARALLEL="1", RUNS=str(tmp_path / "runs"), PYTHONPATH=str(REPO),
-               SPEED="train.fused_optimizer=on train.compile_scope=step")
+               SPEED="train.fused_optimizer=on train.compile_scope=step",
+               GRID=f"configs/grids/{grid_file}.yaml", ADOPT=f"{tmp_path}/missing results/{grid_file}")
     proc = subprocess.run(["bash", str(REPO / "benchmarks/gpu_study.sh")], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "0 done, 3 pending (about 180 s), 0 stale" in (out / "plan_before.txt").read_text()
+    assert f"ADOPT: no folder {tmp_path}/missing, nothing adopted from it" in proc.stdout
+    assert f"0 done, {cells} pending (about {60 * cells} s), 0 stale" in (out / "plan_before.txt").read_text()
     log = (out / "grid.log").read_text()
     assert "not starting r18_alone-s0: estimate 60 s, 0 s of the time budget left" in log
     assert "speed settings for every cell: train.fused_optimizer=on train.compile_scope=step" in log
+    assert "adopt" not in log
     assert len([f for f in out.rglob("*") if f.is_file()]) <= 8  # what a device can send back
     with tarfile.open(out / "results.tar.gz") as archive:
-        report = archive.extractfile("./results/gpu_fmnist_r18_r50_tiny/REPORT.md").read().decode()
-    assert report.startswith("# Report: gpu_fmnist_r18_r50_tiny") and "(no current results)" in report
+        report = archive.extractfile(f"./results/{grid_file}_tiny/REPORT.md").read().decode()
+    assert report.startswith(f"# Report: {grid_file}_tiny") and "(no current results)" in report
