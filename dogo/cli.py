@@ -8,6 +8,7 @@
     dogo grid configs/grids/cpu_fmnist_cnn.yaml [--dry-run]          # a resumable reproduction grid
     dogo report results/cpu_fmnist_cnn [--readme README.md]          # its tables, intervals and figures
     dogo ledger [--readme STUDY.md]                                  # every grid's predictions and verdicts
+    dogo select 0.5=results/G:cell_a 0.2=results/G:cell_b --baseline 0.5  # choose on validation, read the test
 
 User mistakes (bad config, missing data, broken checkpoint) print one ``error:`` line and exit 2.
 """
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("grid", "grid", "run a reproduction-study grid, one JSON per (cell, seed)"),
         ("report", "report", "tables, paired differences and figures of a grid's results"),
         ("ledger", "ledger", "every prediction of the grid files, with its verdict"),
+        ("select", "selection", "choose among a sweep's cells on validation data, read the choice on the test set"),
     ):
         module = importlib.import_module(f".{module}", __package__)
         module.add_arguments(sub.add_parser(name, help=help_text or module.__doc__.splitlines()[0]))
