@@ -445,7 +445,7 @@ def test_committed_grid_files_are_valid():
         "peer_oneway_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
-        "temperature_uniform_cnn_12.yaml",
+        "temperature_lowest_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
         "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
         "uniform_target_cnn_12.yaml",
         "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml",
@@ -713,6 +713,15 @@ def test_committed_grid_files_are_valid():
         assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, 0.1, "peers")]
         alone.peers[0].temperature = 0.5
         assert config_hash(alone) == config_hash(dogo_grid.config("small_alone", seed)), seed
+    # The baseline at temperature 0.05: the four cells of temperature_low_cnn_12 and the new one, alone.
+    lowest = load_grid(REPO / "configs/grids/temperature_lowest_cnn_12.yaml")
+    assert_adopts(lowest, low_grid, ["small_alone", "alone_tau02", "dogo_tau02", "alone_tau01", "alone_tau005"],
+                  list(range(8)))
+    for seed in lowest.spec.seeds:
+        alone = lowest.config("alone_tau005", seed)
+        assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, 0.05, "peers")]
+        alone.peers[0].temperature = 0.5
+        assert config_hash(alone) == config_hash(low_grid.config("small_alone", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
