@@ -433,6 +433,16 @@ def assert_pair_at_temperature(grid, cell: str, source, source_cell: str, widths
         assert config_hash(pair) == config_hash(source.config(source_cell, seed)), seed
 
 
+def assert_alone_at_temperature(grid, cell: str, temperature: float, source) -> None:
+    """``grid``'s ``cell`` is the small CNN alone (width 16, target "peers") at NT-Xent ``temperature``: set back
+    to 0.5, it has the config hash of ``source``'s ``small_alone``, on every seed."""
+    for seed in grid.spec.seeds:
+        alone = grid.config(cell, seed)
+        assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, temperature, "peers")]
+        alone.peers[0].temperature = 0.5
+        assert config_hash(alone) == config_hash(source.config("small_alone", seed)), (cell, seed)
+
+
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
@@ -662,12 +672,8 @@ def test_committed_grid_files_are_valid():
     temperature_grid = load_grid(REPO / "configs/grids/temperature_cnn_12.yaml")
     assert_adopts(temperature_grid, uniform_grid, ["small_alone", "uniform_target", "alone_tau02", "alone_tau1"],
                   list(range(12)), own=2)
-    for seed in temperature_grid.spec.seeds:
-        for cell, tau in (("alone_tau02", 0.2), ("alone_tau1", 1.0)):
-            alone = temperature_grid.config(cell, seed)
-            assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, tau, "peers")]
-            alone.peers[0].temperature = 0.5
-            assert config_hash(alone) == config_hash(uniform_grid.config("small_alone", seed)), (cell, seed)
+    assert_alone_at_temperature(temperature_grid, "alone_tau02", 0.2, uniform_grid)
+    assert_alone_at_temperature(temperature_grid, "alone_tau1", 1.0, uniform_grid)
     # The uniform target at temperature 0.2: back at target "peers", the same run as alone at 0.2.
     both_grid = load_grid(REPO / "configs/grids/temperature_uniform_cnn_12.yaml")
     assert_adopts(both_grid, temperature_grid, ["small_alone", "uniform_target", "alone_tau02", "uniform_tau02"],
@@ -708,20 +714,12 @@ def test_committed_grid_files_are_valid():
     # The baseline at temperature 0.1: three cells of dogo_tau02_cnn_12; back at 0.5, the new one is alone.
     low_grid = load_grid(REPO / "configs/grids/temperature_low_cnn_12.yaml")
     assert_adopts(low_grid, dogo_grid, ["small_alone", "alone_tau02", "dogo_tau02", "alone_tau01"], list(range(8)))
-    for seed in low_grid.spec.seeds:
-        alone = low_grid.config("alone_tau01", seed)
-        assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, 0.1, "peers")]
-        alone.peers[0].temperature = 0.5
-        assert config_hash(alone) == config_hash(dogo_grid.config("small_alone", seed)), seed
+    assert_alone_at_temperature(low_grid, "alone_tau01", 0.1, dogo_grid)
     # The baseline at temperature 0.05: the four cells of temperature_low_cnn_12 and the new one, alone.
     lowest = load_grid(REPO / "configs/grids/temperature_lowest_cnn_12.yaml")
     assert_adopts(lowest, low_grid, ["small_alone", "alone_tau02", "dogo_tau02", "alone_tau01", "alone_tau005"],
                   list(range(8)))
-    for seed in lowest.spec.seeds:
-        alone = lowest.config("alone_tau005", seed)
-        assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, 0.05, "peers")]
-        alone.peers[0].temperature = 0.5
-        assert config_hash(alone) == config_hash(low_grid.config("small_alone", seed)), seed
+    assert_alone_at_temperature(lowest, "alone_tau005", 0.05, low_grid)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
