@@ -454,7 +454,7 @@ def test_committed_grid_files_are_valid():
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
-        "small_cnn_15seeds.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
+        "small_cnn_15seeds.yaml", "temperature_002_cnn_12.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
         "temperature_lowest_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
         "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
         "uniform_target_cnn_12.yaml",
@@ -720,6 +720,10 @@ def test_committed_grid_files_are_valid():
     assert_adopts(lowest, low_grid, ["small_alone", "alone_tau02", "dogo_tau02", "alone_tau01", "alone_tau005"],
                   list(range(8)))
     assert_alone_at_temperature(lowest, "alone_tau005", 0.05, low_grid)
+    # And at 0.02: the five cells of temperature_lowest_cnn_12 and the new one, alone.
+    turn = load_grid(REPO / "configs/grids/temperature_002_cnn_12.yaml")
+    assert_adopts(turn, lowest, [*(c.name for c in lowest.spec.cells), "alone_tau002"], list(range(8)))
+    assert_alone_at_temperature(turn, "alone_tau002", 0.02, lowest)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
