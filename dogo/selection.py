@@ -47,10 +47,16 @@ def choose_per_seed(validation: Options) -> dict[int, str]:
     return {s: max(validation, key=lambda option: validation[option][s]) for s in shared_seeds(validation)}
 
 
+def mean_over_shared_seeds(values: Options) -> dict[str, float]:
+    """{option: mean of its values over the seeds all options share}."""
+    seeds = shared_seeds(values)
+    return {option: float(np.mean([v[s] for s in seeds])) for option, v in values.items()}
+
+
 def choose_over_seeds(validation: Options) -> str:
     """The option with the highest mean validation value over the seeds all options share."""
-    seeds = shared_seeds(validation)
-    return max(validation, key=lambda option: float(np.mean([validation[option][s] for s in seeds])))
+    means = mean_over_shared_seeds(validation)
+    return max(means, key=means.get)
 
 
 def chosen_test_values(test: Options, choice: Mapping[int, str]) -> dict[int, float]:
@@ -126,7 +132,7 @@ def _command(args: argparse.Namespace) -> int:
     per_seed = choose_per_seed(validation)
     seeds = sorted(per_seed)
     overall = choose_over_seeds(validation)
-    means = {name: float(np.mean([validation[name][s] for s in seeds])) for name in names}
+    means = mean_over_shared_seeds(validation)
     print(f"seeds {', '.join(map(str, seeds))}; validation: the linear probe's held-out split of the training images")
     print("mean validation top-1: " + ", ".join(f"{name} {means[name]:.2f}" for name in names))
     print(f"chosen over seeds: {overall}; chosen per seed: "
@@ -140,4 +146,4 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["choose_per_seed", "choose_over_seeds", "chosen_test_values", "shared_seeds"]
+__all__ = ["choose_per_seed", "choose_over_seeds", "chosen_test_values", "mean_over_shared_seeds", "shared_seeds"]

@@ -422,25 +422,30 @@ def assert_adopts(grid, source, cells: list[str], seeds: list[int], own: int = 1
             assert config_hash(grid.config(name, seed)) == config_hash(source.config(name, seed)), (name, seed)
 
 
+def assert_at_temperature(grid, cell: str, source, source_cell: str, fields: tuple[str, ...],
+                          expected: list[tuple]) -> None:
+    """``grid``'s ``cell`` has peers whose ``fields`` read ``expected``, on every seed, and set back to NT-Xent
+    temperature 0.5 it has the config hash of ``source``'s ``source_cell``: the temperature is the only change."""
+    for seed in grid.spec.seeds:
+        cfg = grid.config(cell, seed)
+        assert [tuple(getattr(p, f) for f in fields) for p in cfg.peers] == expected
+        for peer in cfg.peers:
+            peer.temperature = 0.5
+        assert config_hash(cfg) == config_hash(source.config(source_cell, seed)), (cell, seed)
+
+
 def assert_pair_at_temperature(grid, cell: str, source, source_cell: str, widths: list[int]) -> None:
     """``grid``'s ``cell`` is ``source``'s ``source_cell`` (peers of ``widths``, weight 0.1) with every peer's
     NT-Xent temperature at 0.2 instead of 0.5, on every seed: set back to 0.5, it has the same config hash."""
-    for seed in grid.spec.seeds:
-        pair = grid.config(cell, seed)
-        assert [(p.width, p.temperature, p.distill_weight) for p in pair.peers] == [(w, 0.2, 0.1) for w in widths]
-        for peer in pair.peers:
-            peer.temperature = 0.5
-        assert config_hash(pair) == config_hash(source.config(source_cell, seed)), seed
+    assert_at_temperature(grid, cell, source, source_cell, ("width", "temperature", "distill_weight"),
+                          [(w, 0.2, 0.1) for w in widths])
 
 
 def assert_alone_at_temperature(grid, cell: str, temperature: float, source) -> None:
     """``grid``'s ``cell`` is the small CNN alone (width 16, target "peers") at NT-Xent ``temperature``: set back
     to 0.5, it has the config hash of ``source``'s ``small_alone``, on every seed."""
-    for seed in grid.spec.seeds:
-        alone = grid.config(cell, seed)
-        assert [(p.width, p.temperature, p.distill_target) for p in alone.peers] == [(16, temperature, "peers")]
-        alone.peers[0].temperature = 0.5
-        assert config_hash(alone) == config_hash(source.config("small_alone", seed)), (cell, seed)
+    assert_at_temperature(grid, cell, source, "small_alone", ("width", "temperature", "distill_target"),
+                          [(16, temperature, "peers")])
 
 
 def test_committed_grid_files_are_valid():
@@ -703,14 +708,10 @@ def test_committed_grid_files_are_valid():
     gpu = load_grid(REPO / "configs/grids/gpu_fmnist_r18_r50.yaml")
     gpu_tau = load_grid(REPO / "configs/grids/gpu_fmnist_r18_tau02.yaml")
     assert_adopts(gpu_tau, gpu, ["r18_alone", "r18_r50", "r18_alone_tau02", "r18_r50_tau02"], [0, 1, 2], own=2)
-    for seed in gpu_tau.spec.seeds:
-        for cell, source_cell, backbones in (("r18_alone_tau02", "r18_alone", ["resnet18"]),
-                                             ("r18_r50_tau02", "r18_r50", ["resnet18", "resnet50"])):
-            cfg = gpu_tau.config(cell, seed)
-            assert [(p.backbone, p.temperature) for p in cfg.peers] == [(b, 0.2) for b in backbones]
-            for peer in cfg.peers:
-                peer.temperature = 0.5
-            assert config_hash(cfg) == config_hash(gpu.config(source_cell, seed)), (cell, seed)
+    assert_at_temperature(gpu_tau, "r18_alone_tau02", gpu, "r18_alone", ("backbone", "temperature"),
+                          [("resnet18", 0.2)])
+    assert_at_temperature(gpu_tau, "r18_r50_tau02", gpu, "r18_r50", ("backbone", "temperature"),
+                          [("resnet18", 0.2), ("resnet50", 0.2)])
     # The baseline at temperature 0.1: three cells of dogo_tau02_cnn_12; back at 0.5, the new one is alone.
     low_grid = load_grid(REPO / "configs/grids/temperature_low_cnn_12.yaml")
     assert_adopts(low_grid, dogo_grid, ["small_alone", "alone_tau02", "dogo_tau02", "alone_tau01"], list(range(8)))
