@@ -434,11 +434,13 @@ def assert_at_temperature(grid, cell: str, source, source_cell: str, fields: tup
         assert config_hash(cfg) == config_hash(source.config(source_cell, seed)), (cell, seed)
 
 
-def assert_pair_at_temperature(grid, cell: str, source, source_cell: str, widths: list[int]) -> None:
+def assert_pair_at_temperature(grid, cell: str, source, source_cell: str, widths: list[int],
+                               temperature: float = 0.2) -> None:
     """``grid``'s ``cell`` is ``source``'s ``source_cell`` (peers of ``widths``, weight 0.1) with every peer's
-    NT-Xent temperature at 0.2 instead of 0.5, on every seed: set back to 0.5, it has the same config hash."""
+    NT-Xent temperature at ``temperature`` instead of 0.5, on every seed: set back to 0.5, it has the same config
+    hash."""
     assert_at_temperature(grid, cell, source, source_cell, ("width", "temperature", "distill_weight"),
-                          [(w, 0.2, 0.1) for w in widths])
+                          [(w, temperature, 0.1) for w in widths])
 
 
 def assert_alone_at_temperature(grid, cell: str, temperature: float, source) -> None:
@@ -457,7 +459,7 @@ def test_committed_grid_files_are_valid():
         "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml", "gpu_fmnist_r18_tau02.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
-        "peer_oneway_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
+        "peer_oneway_cnn_12.yaml", "peer_tau01_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
         "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "temperature_002_cnn_12.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
         "temperature_lowest_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
@@ -725,6 +727,13 @@ def test_committed_grid_files_are_valid():
     turn = load_grid(REPO / "configs/grids/temperature_002_cnn_12.yaml")
     assert_adopts(turn, lowest, [*(c.name for c in lowest.spec.cells), "alone_tau002"], list(range(8)))
     assert_alone_at_temperature(turn, "alone_tau002", 0.02, lowest)
+    # The width-16 pair at 0.1: alone at 0.5, 0.2, 0.1 of temperature_low_cnn_12, the pair at 0.2 of
+    # dogo_tau02_cnn_12; back at 0.5, the new cell is the width-16 pair.
+    pair01 = load_grid(REPO / "configs/grids/peer_tau01_cnn_12.yaml")
+    pair01_cells = ["small_alone", "alone_tau02", "alone_tau01", "peer_w16_tau02", "peer_w16_tau01"]
+    assert_adopts(pair01, low_grid, pair01_cells, list(range(8)), skip=["peer_w16_tau02"])
+    assert_adopts(pair01, dogo_grid, pair01_cells, list(range(8)), skip=["alone_tau01"])
+    assert_pair_at_temperature(pair01, "peer_w16_tau01", width, "peer_w16", widths=[16, 16], temperature=0.1)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
