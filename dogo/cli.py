@@ -23,18 +23,30 @@ from .errors import DogoError
 
 
 class SeedList(argparse.Action):
-    """``--seeds 0 1 2`` or ``--seeds 0,1,2``: every command that takes seeds reads both forms."""
+    """``--seeds 0 1 2``, ``--seeds 0,1,2`` or ``--seeds 0-2``: every command that takes seeds reads these forms,
+    and mixes of them (``--seeds 0-2,5 7``)."""
 
     def __init__(self, option_strings, dest, **kwargs):
         super().__init__(option_strings, dest, nargs="+", metavar="SEED", **kwargs)
 
+    @staticmethod
+    def parse(values: list[str]) -> list[int]:
+        """The seeds ``values`` name, in order and without repeats; [] when any part is not a seed or a range."""
+        seeds: list[int] = []
+        for part in (p.strip() for value in values for p in value.split(",")):
+            if not part:
+                continue
+            low, dash, high = part.partition("-")
+            if not (low.isdigit() and (high.isdigit() if dash else True)) or (dash and int(high) < int(low)):
+                return []
+            seeds.extend(range(int(low), int(high if dash else low) + 1))
+        return list(dict.fromkeys(seeds))
+
     def __call__(self, parser, namespace, values, option_string=None):
-        try:
-            seeds = [int(part) for value in values for part in value.split(",") if part.strip()]
-        except ValueError:
-            seeds = []
+        seeds = self.parse(values)
         if not seeds:
-            parser.error(f"argument {option_string}: expected integer seeds, e.g. 3 4 or 3,4; got {' '.join(values)!r}")
+            parser.error(f"argument {option_string}: expected integer seeds, e.g. 3 4, 3,4 or 3-7; "
+                         f"got {' '.join(values)!r}")
         setattr(namespace, self.dest, seeds)
 
 

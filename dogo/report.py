@@ -371,7 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readme", default=None, metavar="README.md",
                         help="rewrite the block between <!-- report:NAME --> and <!-- /report:NAME --> in place")
     parser.add_argument("--seeds", default=None, action=SeedList,
-                        help="only these run seeds (3 4 or 3,4), e.g. a later batch apart from the first: prints "
+                        help="only these run seeds (3 4, 3,4 or 3-7), e.g. a later batch apart from the first: prints "
                              "the report and writes nothing (no REPORT.md, figures or README block)")
     parser.add_argument("--against", default=None, metavar="REFERENCE_DIR",
                         help="also compare every (cell, seed) found in both folders with the reference's numbers, "

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .cli import SeedList
 from .errors import DogoError
 
 Options = Mapping[str, Mapping[int, float]]
@@ -79,19 +80,6 @@ def _parse_option(text: str) -> tuple[str, str, str]:
     return name, folder, cell
 
 
-def _parse_seeds(text: str | None) -> set[int] | None:
-    if text is None:
-        return None
-    try:
-        seeds = set()
-        for part in text.split(","):
-            low, _, high = part.partition("-")
-            seeds.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise DogoError(f"--seeds {text!r}: expected e.g. 0-7 or 0,2,5") from None
-    return seeds
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``dogo select`` subcommand."""
     parser.description = ("Choose among a sweep's cells on the linear probe's validation split (per seed and over "
@@ -100,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one option of the sweep: a cell of a result folder")
     parser.add_argument("--baseline", required=True, metavar="NAME", help="the option the choice is compared with")
     parser.add_argument("--peer", default=None, help="the peer to read (default: the cells' only or first peer)")
-    parser.add_argument("--seeds", default=None, metavar="0-7", help="only these run seeds (default: all shared)")
+    parser.add_argument("--seeds", default=None, action=SeedList, help="only these run seeds (default: all shared)")
     parser.set_defaults(func=_command)
 
 
@@ -115,7 +103,7 @@ def _command(args: argparse.Namespace) -> int:
         raise DogoError(f"option names must differ, got {names}")
     if args.baseline not in names:
         raise DogoError(f"--baseline {args.baseline!r} is not one of the options {names}")
-    keep = _parse_seeds(args.seeds)
+    keep = None if args.seeds is None else set(args.seeds)
     tables = {folder: series_of(load_results(folder).table) for folder in dict.fromkeys(f for _, f, _ in options)}
 
     def series(name: str, folder: str, cell: str, protocol: str, setting: str, metric: str) -> dict[int, float]:

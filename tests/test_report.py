@@ -392,18 +392,20 @@ def test_report_of_some_seeds_refuses_to_write_and_unknown_seeds(three_seeds, ca
     assert capsys.readouterr().err.strip() == f"error: --seeds: no current result in {folder} has seed 7"
     with pytest.raises(SystemExit):
         main(["report", str(folder), "--seeds", "one"])
-    assert "argument --seeds: expected integer seeds, e.g. 3 4 or 3,4; got 'one'" in capsys.readouterr().err
+    assert "argument --seeds: expected integer seeds, e.g. 3 4, 3,4 or 3-7; got 'one'" in capsys.readouterr().err
 
 
-def test_seeds_read_both_forms_in_every_command():
-    """`dogo report --seeds` and `dogo eval --seeds` take the same forms: spaces, commas, or both."""
+def test_seeds_read_the_same_forms_in_every_command():
+    """`dogo report`, `dogo eval` and `dogo select` take the same --seeds forms: spaces, commas, ranges, mixed."""
     parser = build_parser()
-    for form in (["1", "2", "5"], ["1,2,5"], ["1,2", "5"], ["1,", "2,5"]):
-        assert parser.parse_args(["report", "results/x", "--seeds", *form]).seeds == [1, 2, 5], form
-        assert parser.parse_args(["eval", "runs/x", "--seeds", *form]).seeds == [1, 2, 5], form
+    commands = (["report", "results/x"], ["eval", "runs/x"], ["select", "a=r:c", "--baseline", "a"])
+    for form in (["1", "2", "5"], ["1,2,5"], ["1,2", "5"], ["1,", "2,5"], ["1-2,5"], ["1-2", "5", "2"]):
+        for command in commands:
+            assert parser.parse_args([*command, "--seeds", *form]).seeds == [1, 2, 5], (command, form)
+    assert parser.parse_args(["eval", "runs/x", "--seeds", "0-7"]).seeds == list(range(8))
     assert parser.parse_args(["eval", "runs/x"]).seeds == [0, 1, 2] and parser.parse_args(["report", "r"]).seeds is None
-    for bad in (["1.5"], [","], ["1", "two"]):
-        for command in (["report", "results/x"], ["eval", "runs/x"]):
+    for bad in (["1.5"], [","], ["1", "two"], ["a-b"], ["5-2"], ["-3"], ["1-"]):
+        for command in commands:
             with pytest.raises(SystemExit):
                 parser.parse_args([*command, "--seeds", *bad])
 

@@ -55,7 +55,6 @@ def test_select_command_on_the_committed_temperature_sweep(capsys):
     (["x=results/temperature_cnn_12:small_alone"], "--baseline '0.5' is not one of the options"),
     (["0.5=results/temperature_cnn_12:no_such_cell"], "no linear fast val_top1 of cell no_such_cell"),
     (["0.5=results/temperature_cnn_12:small_alone", "--peer", "large"], "has no peer 'large' (it has small)"),
-    (["0.5=results/temperature_cnn_12:small_alone", "--seeds", "a-b"], "--seeds 'a-b'"),
     (["0.5=results/nowhere:small_alone"], "does not exist"),
 ])
 def test_select_command_errors_are_one_line(args, message, capsys):
