@@ -166,6 +166,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) == 1:  # X | None: the error X gives names the wrong key or value, not the union
+            return _coerce(value, others[0], key)
         for arg in args:
             if arg is type(None):
                 continue

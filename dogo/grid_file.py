@@ -19,6 +19,13 @@ should show; ``dogo report`` gives each prediction its verdict beside the earlie
     predictions:
       - {comparison: "large CNN: DoGo - alone", protocol: corruptions, setting: mean, expect: lower}
 
+A grid of new cells names, per prediction, the earlier committed difference its power was planned on
+(``sized_on``; the ledger and the report compute that power from it)::
+
+    predictions:
+      - {comparison: "small CNN: DoGo at 0.2 - alone at 0.2", protocol: knn, expect: higher,
+         sized_on: {grid: peer_width_cnn_12, baseline: small_alone/small, treatment: dogo/small}}
+
 ``load_grid`` checks all of it at once (every cell's config is resolved), so that a wrong key, type or
 value fails before anything runs, with one ``ConfigError`` that names it. Running a grid is
 ``dogo.grid``'s.
@@ -64,6 +71,18 @@ class CompareSpec:
 
 
 @dataclass
+class SizedOnSpec:
+    """The earlier paired difference a prediction's power was planned on, when it is not the confirmed grid's own
+    comparison: ``treatment - baseline`` ("cell/peer") on the same measure, in the committed results of grid
+    ``grid`` (``results/<grid>``), over ``seeds`` (default: every seed both sides have)."""
+
+    grid: str
+    baseline: str  # "cell/peer"
+    treatment: str  # "cell/peer"
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
 class PredictionSpec:
     """A result expected before the seeds ran: one comparison's paired difference on one measure."""
 
@@ -71,6 +90,7 @@ class PredictionSpec:
     protocol: str  # knn, linear, limited, noisy, transfer, corruptions, tsne
     expect: Literal["lower", "higher", "within_noise"]  # the treatment below, above, or not apart from the baseline
     setting: str = ""  # e.g. "1% labels" or "mean"; may be left out where the protocol has one headline setting
+    sized_on: SizedOnSpec | None = None  # where the expected size (and so the power) came from, if not `confirms`
 
 
 @dataclass
@@ -245,6 +265,8 @@ def _check_predictions(spec: GridSpec, protocols: list[str]) -> None:
         if prediction.protocol not in protocols:
             raise ConfigError(f"predictions[{i}].protocol: {prediction.protocol!r} is not one of the grid's "
                               f"protocols ({', '.join(protocols)})")
+        if prediction.sized_on is not None:
+            _check_sized_on(prediction.sized_on, f"predictions[{i}].sized_on")
         key = (prediction.comparison, prediction.protocol, prediction.setting)
         if key in seen:
             measure = f"{prediction.protocol} {prediction.setting}".strip()
@@ -252,4 +274,14 @@ def _check_predictions(spec: GridSpec, protocols: list[str]) -> None:
         seen.add(key)
 
 
-__all__ = ["Grid", "GridSpec", "CellSpec", "CompareSpec", "PredictionSpec", "load_grid", "REPO"]
+def _check_sized_on(sized: SizedOnSpec, where: str) -> None:
+    _check_name(sized.grid, f"{where}.grid")
+    for side in ("baseline", "treatment"):
+        cell, slash, peer = getattr(sized, side).partition("/")
+        if not (slash and cell and peer):
+            raise ConfigError(f"{where}.{side}: expected cell/peer, e.g. small_alone/small, got {getattr(sized, side)!r}")
+    if len(set(sized.seeds)) != len(sized.seeds) or any(s < 0 for s in sized.seeds):
+        raise ConfigError(f"{where}.seeds: must be distinct non-negative integers, got {sized.seeds}")
+
+
+__all__ = ["Grid", "GridSpec", "CellSpec", "CompareSpec", "PredictionSpec", "SizedOnSpec", "load_grid", "REPO"]

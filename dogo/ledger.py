@@ -50,7 +50,7 @@ def ledger_rows(grids: list[Grid], results_root: str | Path = REPO / "results") 
     for grid in grids:
         folder = Path(results_root) / grid.name
         # A grid not run anywhere yet has no folder: no results, so every prediction is pending (its
-        # power, from the grid it confirms, is known before its seeds run).
+        # power, from the grid it confirms or the results it is sized on, is known before its seeds run).
         results = load_results(folder, grid) if folder.is_dir() else Results.none_yet(grid, folder)
         rows += [{"grid": grid.name, "seeds": seed_span(grid.spec.seeds), **c} for c in prediction_checks(results, earlier)]
     return rows
@@ -80,8 +80,8 @@ def ledger_table(rows: list[dict[str, Any]]) -> str:
         without = f", no earlier size in {len(failed) - len(sized)}" if len(sized) < len(failed) else ""
         head += (f" Power of the {len(failed)} not confirmed: at least {100 * STRONG_POWER:.0f} % in {strong}, less "
                  f"than {100 * WEAK_POWER:.0f} % in {weak}{without}; power is the chance the seeds had to confirm a "
-                 "difference as large, and as spread over seeds, as where it was first seen (optimistic where it was "
-                 "picked by looking).")
+                 "difference as large, and as spread over seeds, as where it was first seen, or as the earlier result its "
+                 "grid file sized it on (optimistic where it was picked by looking).")
     lines = ["| grid | seeds | comparison | measure | predicted | power | these seeds | verdict |",
              "|---|---|---|---|---|---:|---:|---|"]
     for r in rows:

@@ -2,9 +2,12 @@
 
 A confirmation grid (``predictions:`` in ``configs/grids/*.yaml``) says which paired differences its fresh
 seeds should show: ``lower``, ``higher`` or ``within_noise``; ``confirms:`` names the grid where they were
-first seen. ``prediction_checks`` gives each prediction its paired difference on these seeds, the same
-comparison on the confirmed grid's results, the power the seeds had (``dogo.stats.planned_power``) and
-the verdict; ``dogo report`` prints them as ``predictions_table``, ``dogo ledger`` gathers them all.
+first seen. A grid of new cells sizes a prediction on an earlier grid's committed results instead
+(``sized_on: {grid, baseline, treatment, seeds}``): the difference its planned power was computed from.
+``prediction_checks`` gives each prediction its paired difference on these seeds, the earlier difference
+(the ``sized_on`` one, or the same comparison on the confirmed grid's results), the power the seeds had
+(``dogo.stats.planned_power``) and the verdict; ``dogo report`` prints them as ``predictions_table``,
+``dogo ledger`` gathers them all.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .errors import DogoError
+from .grid_file import REPO, CompareSpec, SizedOnSpec
 from .results import MIN_SEEDS, Results, format_value, load_results, main_rows, series_of
 from .stats import PairedDifference, paired_difference, planned_power
 
@@ -61,15 +66,33 @@ def earlier_results(results: Results, cache: dict[Path, Results] | None = None) 
     return cache[folder]
 
 
-def _paired(series: dict, baseline: tuple, treatment: tuple) -> PairedDifference | None:
+def _paired(series: dict, baseline: tuple, treatment: tuple, seeds: list[int] | None = None) -> PairedDifference | None:
     base, treat = series.get(baseline), series.get(treatment)
-    return None if base is None or treat is None else paired_difference(base, treat)
+    if base is None or treat is None:
+        return None
+    if seeds:
+        base, treat = ({s: v for s, v in side.items() if s in seeds} for side in (base, treat))
+    return paired_difference(base, treat)
+
+
+def _sized_on_series(results: Results, sized: SizedOnSpec, cache: dict[Path, Results] | None) -> dict:
+    """The main rows of the committed results ``sized_on`` names (a sibling of this grid's folder)."""
+    root = results.folder.parent if results.folder is not None else REPO / "results"
+    folder = root / sized.grid
+    if not folder.is_dir() or not any(folder.glob("*.json")):
+        raise DogoError(f"grid {results.name}: a prediction is sized on {sized.grid}, but {folder} holds no results")
+    if cache is None:
+        cache = {}
+    if folder not in cache:
+        cache[folder] = load_results(folder)
+    return series_of(main_rows(cache[folder].table))
 
 
 def prediction_checks(results: Results, cache: dict[Path, Results] | None = None) -> list[dict[str, Any]]:
-    """Each of the grid's predictions: its measure, its paired difference on these seeds, the same
-    comparison on the results of the grid it confirms (its cells of the same names; ``earlier``), the power
-    these seeds had, and the verdict. ``cache``: see ``earlier_results``."""
+    """Each of the grid's predictions: its measure, its paired difference on these seeds, the earlier paired
+    difference it was sized on (``earlier``: the prediction's ``sized_on`` comparison, or else the same
+    comparison on the results of the grid this one confirms), the power these seeds had, and the verdict.
+    ``cache``: see ``earlier_results``."""
     spec = results.grid.spec if results.grid else None
     if spec is None or not spec.predictions:
         return []
@@ -80,26 +103,36 @@ def prediction_checks(results: Results, cache: dict[Path, Results] | None = None
     wanted = len(results.wanted_seeds)
     out = []
     for prediction in spec.predictions:
-        pair = pairs[prediction.comparison]
-        (bc, bp), (tc, tp) = pair.sides
-        measures = list(dict.fromkeys((k[3], k[4]) for series in (here, there) for k in series
-                                      if k[:3] == (tc, tp, prediction.protocol)))
-        found = [m for m in measures if m[0] == prediction.setting or (not prediction.setting and len(measures) == 1)]
+        (bc, bp), (tc, tp) = pairs[prediction.comparison].sides
+        sized = prediction.sized_on
+        if sized is None:
+            source, (before_base, before_treat), seeds = there, ((bc, bp), (tc, tp)), None
+        else:
+            source, seeds = _sized_on_series(results, sized, cache), sized.seeds
+            before_base, before_treat = CompareSpec(sized.baseline, sized.treatment).sides
         row = {"comparison": prediction.comparison, "protocol": prediction.protocol, "expect": prediction.expect,
-               "setting": prediction.setting, "metric": "top1", "difference": None, "earlier": None, "power": None}
+               "setting": prediction.setting, "metric": "top1", "difference": None, "earlier": None, "power": None,
+               "sized_on": f"{sized.treatment} - {sized.baseline}, `{sized.grid}`" if sized is not None else None}
+        measures = list(dict.fromkeys((k[3], k[4]) for series, side in ((here, (tc, tp)), (source, before_treat))
+                                      for k in series if k[:3] == (*side, prediction.protocol)))
+        found = [m for m in measures if m[0] == prediction.setting or (not prediction.setting and len(measures) == 1)]
+        if found:
+            setting, metric = found[0]
+            measure = (prediction.protocol, setting, metric)
+            row.update(setting=setting, metric=metric,
+                       difference=_paired(here, (bc, bp, *measure), (tc, tp, *measure)),
+                       earlier=_paired(source, (*before_base, *measure), (*before_treat, *measure), seeds))
+        if sized is not None and (row["earlier"] is None or row["earlier"].n < 2):
+            raise DogoError(f"grid {results.name}: the prediction {prediction.comparison!r} is sized on "
+                            f"{sized.treatment} - {sized.baseline} in results/{sized.grid}, which has no "
+                            f"{prediction.protocol} {row['setting']}".rstrip() + " on two or more shared seeds")
         if not found:
             listed = ", ".join(repr(m[0]) for m in measures)
             row["verdict"] = (f"no measure {prediction.protocol} {prediction.setting!r} in the results (its "
                               f"settings: {listed})" if measures else prediction_verdict(prediction.expect, None, wanted))
-            out.append(row)
-            continue
-        setting, metric = found[0]
-        row.update(setting=setting, metric=metric)
-        measure = (prediction.protocol, setting, metric)
-        row["difference"], row["earlier"] = (_paired(series, (bc, bp, *measure), (tc, tp, *measure))
-                                              for series in (here, there))
-        row["verdict"] = prediction_verdict(prediction.expect, row["difference"], wanted)
-        row["power"] = planned_power(prediction.expect, row["earlier"], wanted)
+        else:
+            row["verdict"] = prediction_verdict(prediction.expect, row["difference"], wanted)
+            row["power"] = planned_power(prediction.expect, row["earlier"], wanted)
         out.append(row)
     return out
 
@@ -130,13 +163,16 @@ def predictions_table(results: Results) -> str | None:
     spec = results.grid.spec
     source = (f"`{spec.confirms}`, seeds {', '.join(map(str, earlier.seeds))}" if earlier is not None
               else f"`{spec.confirms}` (no results found)")
-
-    before = bool(spec.confirms)  # a grid that confirms none (predictions from elsewhere) has no "before" column
-    lines = ["| comparison | measure | predicted | " + (f"before ({source}) | power | " if before else "")
+    # A confirmation, or a prediction sized on another grid's results, has a "before" column; predictions
+    # from elsewhere without an earlier size do not.
+    before = bool(spec.confirms) or any(c["sized_on"] for c in checks)
+    header = f"before ({source})" if spec.confirms else "before (the grid it was sized on)"
+    lines = ["| comparison | measure | predicted | " + (f"{header} | power | " if before else "")
              + "these seeds | verdict |", "|---|---|---|" + ("---:|---:|" if before else "") + "---:|---|"]
     for c in checks:
         measure = f"{c['protocol']} {c['setting']}".strip()
-        then = f"{format_interval(c['earlier'], c['metric'])} | {format_power(c['power'])} | " if before else ""
+        where = f" ({c['sized_on']})" if c["sized_on"] and c["earlier"] is not None else ""
+        then = f"{format_interval(c['earlier'], c['metric'])}{where} | {format_power(c['power'])} | " if before else ""
         lines.append(f"| {c['comparison']} | {measure} | {c['expect'].replace('_', ' ')} | {then}"
                      f"{format_interval(c['difference'], c['metric'])} | {c['verdict']} |")
     counts = verdict_counts(checks)

@@ -56,8 +56,8 @@ def test_the_ledger_lists_every_prediction_with_its_grid_verdict(study):
         "difference predicted (controls): 0 of 1 held, 0 did not, 1 pending; a control that holds found no "
         "difference on its seeds, which is not proof that there is none. 1 without a verdict (see the table). "
         "Power of the 1 not confirmed: at least 80 % in 0, less than 50 % in 1; power is the chance the seeds had "
-        "to confirm a difference as large, and as spread over seeds, as where it was first seen (optimistic where "
-        "it was picked by looking).")
+        "to confirm a difference as large, and as spread over seeds, as where it was first seen, or as the earlier "
+        "result its grid file sized it on (optimistic where it was picked by looking).")
     assert lines[2:4] == ["| grid | seeds | comparison | measure | predicted | power | these seeds | verdict |",
                           "|---|---|---|---|---|---:|---:|---|"]
     assert lines[4:] == EXPECTED_ROWS
@@ -95,3 +95,74 @@ def test_committed_study_ledger_matches_the_grid_files_and_results():
     assert MARKERS[0] in text and MARKERS[1] in text, "STUDY.md has no ledger block"
     block = text.partition(MARKERS[0] + "\n")[2].partition("\n" + MARKERS[1])[0].strip()
     assert block == ledger_block(readme=study), "STUDY.md's ledger is out of date: run dogo ledger --readme STUDY.md"
+
+
+def sized_grid_data(sized_on: dict, **changes) -> dict:
+    """A grid of new cells (it confirms none) on seeds 6-8 whose one prediction is sized on another grid."""
+    prediction = {"comparison": "small: DoGo - alone", "protocol": "knn", "expect": "higher", "sized_on": sized_on}
+    return tiny_grid_data(**{"name": "tiny_sized", "seeds": [6, 7, 8], "predictions": [prediction], **changes})
+
+
+def test_a_prediction_sized_on_another_grid_has_its_power_before_any_seed_runs(three_seeds, tmp_path):  # noqa: F811
+    """`sized_on` names the earlier paired difference a grid of new cells planned its power on: the ledger and
+    the grid's report compute that power from the committed results, on the seeds named or all shared."""
+    from dogo.grid_file import load_grid
+    from dogo.predictions import predictions_table
+    from dogo.results import Results
+    from dogo.stats import paired_difference, planned_power
+
+    _, tiny_folder, _ = three_seeds  # tiny: small kNN alone (50, 52, 54), beside the large CNN (52, 55, 58)
+    root = tiny_folder.parent
+    sized = {"grid": "tiny", "baseline": "alone/small", "treatment": "dogo/small"}
+    grid = load_grid(data=sized_grid_data(sized))
+    (row,) = ledger_rows([grid], root)
+    expected = paired_difference({0: 50.0, 1: 52.0, 2: 54.0}, {0: 52.0, 1: 55.0, 2: 58.0})  # d = (2, 3, 4)
+    assert row["earlier"] == expected and row["power"] == planned_power("higher", expected, 3)
+    assert row["verdict"] == "pending (0 of 3 seeds)" and row["sized_on"] == "dogo/small - alone/small, `tiny`"
+    assert "| higher | 75 % | n/a | pending (0 of 3 seeds) |" in ledger_table([row])
+    table = predictions_table(Results.none_yet(grid, root / "tiny_sized"))
+    assert ("| comparison | measure | predicted | before (the grid it was sized on) | power | these seeds | verdict |"
+            in table)
+    assert "| +3.00 [+0.52, +5.48] (dogo/small - alone/small, `tiny`) | 75 % | n/a | pending (0 of 3 seeds) |" in table
+    # only the seeds named: d = (2, 3)
+    (row,) = ledger_rows([load_grid(data=sized_grid_data({**sized, "seeds": [0, 1]}))], root)
+    assert row["earlier"] == paired_difference({0: 50.0, 1: 52.0}, {0: 52.0, 1: 55.0})
+    assert row["power"] == planned_power("higher", row["earlier"], 3) != planned_power("higher", expected, 3)
+
+
+@pytest.mark.parametrize("sized_on, message", [
+    ({"grid": "tiny", "baseline": "alone", "treatment": "dogo/small"},
+     "predictions[0].sized_on.baseline: expected cell/peer, e.g. small_alone/small, got 'alone'"),
+    ({"grid": "../tiny", "baseline": "alone/small", "treatment": "dogo/small"}, "predictions[0].sized_on.grid"),
+    ({"grid": "tiny", "baseline": "alone/small", "treatment": "dogo/small", "seeds": [1, 1]},
+     "predictions[0].sized_on.seeds: must be distinct"),
+    ({"grid": "tiny", "baseline": "alone/small"}, "predictions[0].sized_on.treatment: missing"),
+    ({"grid": "tiny", "baseline": "alone/small", "treatment": "dogo/small", "seed": [0]},
+     "predictions[0].sized_on.seed: unknown key"),
+])
+def test_a_wrong_sized_on_fails_when_the_grid_loads(sized_on, message):
+    from dogo.errors import ConfigError
+    from dogo.grid_file import load_grid
+
+    with pytest.raises(ConfigError) as caught:
+        load_grid(data=sized_grid_data(sized_on))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("sized_on, message", [
+    ({"grid": "tiny_nowhere", "baseline": "alone/small", "treatment": "dogo/small"},
+     "a prediction is sized on tiny_nowhere, but {root}/tiny_nowhere holds no results"),
+    ({"grid": "tiny", "baseline": "alone/small", "treatment": "dogo/huge"},
+     "the prediction 'small: DoGo - alone' is sized on dogo/huge - alone/small in results/tiny, which has no knn "
+     "on two or more shared seeds"),
+    ({"grid": "tiny", "baseline": "alone/small", "treatment": "dogo/small", "seeds": [2]},
+     "which has no knn k=200 T=0.1 on two or more shared seeds"),
+])
+def test_a_sized_on_the_results_lack_is_one_clear_error(three_seeds, sized_on, message):  # noqa: F811
+    from dogo.errors import DogoError
+    from dogo.grid_file import load_grid
+
+    root = three_seeds[1].parent
+    with pytest.raises(DogoError) as caught:
+        ledger_rows([load_grid(data=sized_grid_data(sized_on))], root)
+    assert message.format(root=root) in str(caught.value)
