@@ -464,7 +464,7 @@ def test_committed_grid_files_are_valid():
         "small_cnn_15seeds.yaml", "temperature_002_cnn_12.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
         "temperature_lowest_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
         "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
-        "uniform_target_cnn_12.yaml",
+        "uniform_target_cnn_12.yaml", "uniform_tau01_cnn_12.yaml",
         "weight_cnn_20seeds.yaml", "weight_cnn_confirm.yaml", "weight_cnn_fresh20.yaml", "weight_dose_cnn.yaml",
         "weight_dose_confirm.yaml", "weight_zero_confirm.yaml"]
     for f in files:
@@ -734,6 +734,17 @@ def test_committed_grid_files_are_valid():
     assert_adopts(pair01, low_grid, pair01_cells, list(range(8)), skip=["peer_w16_tau02"])
     assert_adopts(pair01, dogo_grid, pair01_cells, list(range(8)), skip=["alone_tau01"])
     assert_pair_at_temperature(pair01, "peer_w16_tau01", width, "peer_w16", widths=[16, 16], temperature=0.1)
+    # The uniform target at 0.1: alone at 0.5, 0.2, 0.1, 0.05 of temperature_lowest_cnn_12, the uniform target
+    # at 0.2 of temperature_uniform_cnn_12; the new cell is alone at 0.1 with the uniform target, the only change.
+    uniform01 = load_grid(REPO / "configs/grids/uniform_tau01_cnn_12.yaml")
+    uniform01_cells = ["small_alone", "alone_tau02", "alone_tau01", "alone_tau005", "uniform_tau02", "uniform_tau01"]
+    assert_adopts(uniform01, lowest, uniform01_cells, list(range(8)), skip=["uniform_tau02"])
+    assert_adopts(uniform01, both_grid, uniform01_cells, list(range(8)), skip=["alone_tau01", "alone_tau005"])
+    for seed in uniform01.spec.seeds:
+        cfg = uniform01.config("uniform_tau01", seed)
+        assert [(p.width, p.temperature, p.distill_target) for p in cfg.peers] == [(16, 0.1, "uniform")]
+        cfg.peers[0].distill_target = "peers"
+        assert config_hash(cfg) == config_hash(low_grid.config("alone_tau01", seed)), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
