@@ -56,7 +56,11 @@ def earlier_results(results: Results, cache: dict[Path, Results] | None = None) 
     spec = results.grid.spec if results.grid else None
     if spec is None or not spec.confirms or results.folder is None:
         return None
-    folder = results.folder.parent / spec.confirms
+    return _committed_results(results.folder.parent / spec.confirms, cache)
+
+
+def _committed_results(folder: Path, cache: dict[Path, Results] | None) -> Results | None:
+    """The results in ``folder``, or None when it holds none; read once per folder when a ``cache`` is given."""
     if not folder.is_dir() or not any(folder.glob("*.json")):
         return None
     if cache is None:
@@ -77,15 +81,11 @@ def _paired(series: dict, baseline: tuple, treatment: tuple, seeds: list[int] | 
 
 def _sized_on_series(results: Results, sized: SizedOnSpec, cache: dict[Path, Results] | None) -> dict:
     """The main rows of the committed results ``sized_on`` names (a sibling of this grid's folder)."""
-    root = results.folder.parent if results.folder is not None else REPO / "results"
-    folder = root / sized.grid
-    if not folder.is_dir() or not any(folder.glob("*.json")):
+    folder = (results.folder.parent if results.folder is not None else REPO / "results") / sized.grid
+    found = _committed_results(folder, cache)
+    if found is None:
         raise DogoError(f"grid {results.name}: a prediction is sized on {sized.grid}, but {folder} holds no results")
-    if cache is None:
-        cache = {}
-    if folder not in cache:
-        cache[folder] = load_results(folder)
-    return series_of(main_rows(cache[folder].table))
+    return series_of(main_rows(found.table))
 
 
 def prediction_checks(results: Results, cache: dict[Path, Results] | None = None) -> list[dict[str, Any]]:
@@ -101,6 +101,7 @@ def prediction_checks(results: Results, cache: dict[Path, Results] | None = None
     there = series_of(main_rows(earlier.table)) if earlier is not None else {}
     pairs = {pair.label: pair for pair in spec.compare}
     wanted = len(results.wanted_seeds)
+    sized_series: dict[str, dict] = {}  # per sized-on grid, its main rows: made once for all its predictions
     out = []
     for prediction in spec.predictions:
         (bc, bp), (tc, tp) = pairs[prediction.comparison].sides
@@ -108,7 +109,9 @@ def prediction_checks(results: Results, cache: dict[Path, Results] | None = None
         if sized is None:
             source, (before_base, before_treat), seeds = there, ((bc, bp), (tc, tp)), None
         else:
-            source, seeds = _sized_on_series(results, sized, cache), sized.seeds
+            if sized.grid not in sized_series:
+                sized_series[sized.grid] = _sized_on_series(results, sized, cache)
+            source, seeds = sized_series[sized.grid], sized.seeds
             before_base, before_treat = CompareSpec(sized.baseline, sized.treatment).sides
         row = {"comparison": prediction.comparison, "protocol": prediction.protocol, "expect": prediction.expect,
                "setting": prediction.setting, "metric": "top1", "difference": None, "earlier": None, "power": None,

@@ -450,6 +450,17 @@ def assert_alone_at_temperature(grid, cell: str, temperature: float, source) -> 
                           [(16, temperature, "peers")])
 
 
+def assert_uniform_target_of(grid, cell: str, source, source_cell: str, temperature: float) -> None:
+    """``grid``'s ``cell`` is the small CNN alone (width 16, weight 0.1) at NT-Xent ``temperature`` with the
+    uniform target: set back to target "peers", it has the config hash of ``source``'s ``source_cell``."""
+    for seed in grid.spec.seeds:
+        cfg = grid.config(cell, seed)
+        assert [(p.width, p.temperature, p.distill_weight, p.distill_target) for p in cfg.peers] == [
+            (16, temperature, 0.1, "uniform")]
+        cfg.peers[0].distill_target = "peers"
+        assert config_hash(cfg) == config_hash(source.config(source_cell, seed)), (cell, seed)
+
+
 def test_committed_grid_files_are_valid():
     files = sorted((REPO / "configs" / "grids").glob("*.yaml"))
     assert [f.name for f in files] == [
@@ -685,12 +696,7 @@ def test_committed_grid_files_are_valid():
     both_grid = load_grid(REPO / "configs/grids/temperature_uniform_cnn_12.yaml")
     assert_adopts(both_grid, temperature_grid, ["small_alone", "uniform_target", "alone_tau02", "uniform_tau02"],
                   list(range(12)))
-    for seed in both_grid.spec.seeds:
-        both = both_grid.config("uniform_tau02", seed)
-        assert [(p.width, p.temperature, p.distill_weight, p.distill_target) for p in both.peers] == [
-            (16, 0.2, 0.1, "uniform")]
-        both.peers[0].distill_target = "peers"
-        assert config_hash(both) == config_hash(temperature_grid.config("alone_tau02", seed)), seed
+    assert_uniform_target_of(both_grid, "uniform_tau02", temperature_grid, "alone_tau02", 0.2)
     # The mutual width-16 pair at temperature 0.2: its first two cells are peer_width_cnn_12's, the next two
     # temperature_uniform_cnn_12's; back at 0.5, the new cell is the width-16 pair.
     pair_grid = load_grid(REPO / "configs/grids/peer_tau02_cnn_12.yaml")
@@ -740,11 +746,7 @@ def test_committed_grid_files_are_valid():
     uniform01_cells = ["small_alone", "alone_tau02", "alone_tau01", "alone_tau005", "uniform_tau02", "uniform_tau01"]
     assert_adopts(uniform01, lowest, uniform01_cells, list(range(8)), skip=["uniform_tau02"])
     assert_adopts(uniform01, both_grid, uniform01_cells, list(range(8)), skip=["alone_tau01", "alone_tau005"])
-    for seed in uniform01.spec.seeds:
-        cfg = uniform01.config("uniform_tau01", seed)
-        assert [(p.width, p.temperature, p.distill_target) for p in cfg.peers] == [(16, 0.1, "uniform")]
-        cfg.peers[0].distill_target = "peers"
-        assert config_hash(cfg) == config_hash(low_grid.config("alone_tau01", seed)), seed
+    assert_uniform_target_of(uniform01, "uniform_tau01", low_grid, "alone_tau01", 0.1)
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
