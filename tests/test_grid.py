@@ -467,7 +467,8 @@ def test_committed_grid_files_are_valid():
         "ablations_cnn.yaml", "ablations_cnn_5seeds.yaml", "corruption_cnn_confirm.yaml", "cpu_fmnist_cnn.yaml",
         "cpu_fmnist_cnn_10seeds.yaml", "cpu_fmnist_cnn_fresh.yaml", "dogo_tau02_cnn_12.yaml", "epochs_cnn_12.yaml",
         "epochs_cnn_12_11seeds.yaml", "epochs_cnn_12_19seeds.yaml", "epochs_cnn_12_confirm.yaml", "epochs_cnn_12_fresh.yaml",
-        "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "gpu_fmnist_r18_r50.yaml", "gpu_fmnist_r18_tau02.yaml",
+        "frozen_peer_cnn_12.yaml", "frozen_peer_confirm.yaml", "frozen_tau01_cnn_12.yaml", "gpu_fmnist_r18_r50.yaml",
+        "gpu_fmnist_r18_tau02.yaml",
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml", "peer_tau01_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
@@ -747,6 +748,17 @@ def test_committed_grid_files_are_valid():
     assert_adopts(uniform01, lowest, uniform01_cells, list(range(8)), skip=["uniform_tau02"])
     assert_adopts(uniform01, both_grid, uniform01_cells, list(range(8)), skip=["alone_tau01", "alone_tau005"])
     assert_uniform_target_of(uniform01, "uniform_tau01", low_grid, "alone_tau01", 0.1)
+    # The frozen peer at 0.1: alone at 0.5 and 0.1 of temperature_low_cnn_12, the frozen peer at 0.5 of
+    # frozen_peer_cnn_12, the uniform target at 0.1 of uniform_tau01_cnn_12; the new cell is the frozen peer with
+    # the student at 0.1, the only change (the frozen network keeps 0.5).
+    frozen01 = load_grid(REPO / "configs/grids/frozen_tau01_cnn_12.yaml")
+    frozen01_cells = ["small_alone", "alone_tau01", "frozen_peer", "uniform_tau01", "frozen_tau01"]
+    assert_adopts(frozen01, low_grid, frozen01_cells, list(range(8)), skip=["frozen_peer", "uniform_tau01"])
+    assert_adopts(frozen01, frozen_grid, frozen01_cells, list(range(8)), skip=["alone_tau01", "uniform_tau01"])
+    assert_adopts(frozen01, uniform01, frozen01_cells, list(range(8)), skip=["frozen_peer"])
+    assert_at_temperature(frozen01, "frozen_tau01", frozen_grid, "frozen_peer",
+                          ("width", "temperature", "distill_weight", "frozen"),
+                          [(16, 0.1, 0.1, False), (16, 0.5, 0.0, True)])
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds
