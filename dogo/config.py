@@ -121,6 +121,13 @@ class TrainConfig:
     knn_temperature: float = field(default=0.1, metadata=validate(gt=0.0))
     progress: bool = True
     deterministic: bool = False
+    # Where the run's random streams start. "shared" (every result recorded before this setting existed):
+    # torch's global generator, the data subset, the data order and the views are all seeded with `seed`,
+    # so the first peer's initial weights are drawn from the very numbers that also order the data and
+    # crop the first views. "independent": each stream (each peer's initial weights, the data subset, the
+    # data order, the views) starts from its own seed derived from (seed, stream), so no two share numbers
+    # and a peer's initial weights depend on its seed and position only (`dogo.train.stream_seed`).
+    rng_streams: Literal["shared", "independent"] = "shared"
 
 
 @dataclass
@@ -399,7 +406,7 @@ SPEED_ONLY = ("train.compile", "train.compile_mode", "train.compile_scope", "tra
 # config hash leaves them out at that value, so adding a setting does not make every result stale.
 # A per-peer setting is named with ``*`` for the peer's index.
 ADDED_SETTINGS_DEFAULTS = {"train.compile_scope": "model", "augment.view_seed": 0, "peers.*.frozen": False,
-                           "peers.*.distill_target": "peers"}
+                           "peers.*.distill_target": "peers", "train.rng_streams": "shared"}
 
 
 def is_added_setting_at_default(key: str, value: Any) -> bool:

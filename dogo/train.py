@@ -69,6 +69,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+STREAMS = ("init", "subset", "order", "views")  # a stream's index in this tuple is part of its seed
+
+
+def stream_seed(seed: int, stream: str, *ids: int) -> int:
+    """The seed (< 2**63) of one random stream of a run with ``train.rng_streams: independent``: a hash of
+    (seed, stream, ids) by numpy's ``SeedSequence``, so the streams of one run, and of runs with different
+    seeds, share no numbers (unlike consecutive integers given to one generator type). ``ids``: the peer's
+    position for "init"; the process rank and ``augment.view_seed`` for "views"."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown random stream {stream!r}; choose one of {', '.join(STREAMS)}")
+    sequence = np.random.SeedSequence(seed % 2**64, spawn_key=(STREAMS.index(stream), *ids))
+    return int(sequence.generate_state(1, np.uint64)[0]) >> 1
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
     """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine or constant.
 
@@ -143,13 +157,14 @@ class Trainer:
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
 
         d = cfg.data
-        self.train_data = train_data or load_dataset(d.dataset, "pretrain", d.root, d.limit, d.download, cfg.seed)
+        subset_seed = self._stream_seed("subset")
+        self.train_data = train_data or load_dataset(d.dataset, "pretrain", d.root, d.limit, d.download, subset_seed)
         self.eval_data = eval_data
         if self.eval_data is None and cfg.train.knn_every > 0:
-            bank = load_dataset(d.dataset, "train", d.root, d.eval_limit, d.download, cfg.seed)
+            bank = load_dataset(d.dataset, "train", d.root, d.eval_limit, d.download, subset_seed)
             if bank.labels.min() < 0:
                 bank = bank.subset((bank.labels >= 0).nonzero().flatten())
-            queries = load_dataset(d.dataset, "test", d.root, d.eval_limit, d.download, cfg.seed)
+            queries = load_dataset(d.dataset, "test", d.root, d.eval_limit, d.download, subset_seed)
             self.eval_data = (bank, queries)
         # Shard the data across processes; every process augments on its own device.
         self.images = dist_utils.shard(self.train_data.images).to(self.device)
@@ -166,7 +181,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.test_transform = TestTransform(d.image_size, self.train_data.mean, self.train_data.std)
 
-        self.peers = [self._build_peer(p) for p in cfg.peers]
+        self.peers = [self._build_peer(p, k) for k, p in enumerate(cfg.peers)]
         self.amp_dtype = self._amp_dtype()
         self.forward_losses = self._forward_losses
         if cfg.train.compile and cfg.train.compile_scope == "step":
@@ -176,7 +191,7 @@ class Trainer:
             self.forward_losses = torch.compile(self._forward_losses, mode=cfg.train.compile_mode)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.generator = torch.Generator(device=self.device).manual_seed(self._view_seed())
-        self.order_generator = torch.Generator().manual_seed(cfg.seed)
+        self.order_generator = torch.Generator().manual_seed(self._stream_seed("order"))
 
         self.epoch = 0
         self.step_in_epoch = 0
@@ -201,7 +216,9 @@ class Trainer:
             path = base.with_name(f"{base.name}-{n}")
         return path
 
-    def _build_peer(self, p) -> Peer:
+    def _build_peer(self, p, position: int) -> Peer:
+        if self.cfg.train.rng_streams == "independent":
+            torch.manual_seed(self._stream_seed("init", position))
         model = build_model(p, self.train_data.channels, self.cfg.data.image_size,
                             self.cfg.train.bn_views).to(self.device)
         if p.frozen:
@@ -229,8 +246,17 @@ class Trainer:
         return Peer(p.name, model, optimizer, scheduler, augment, p.distill_weight, module, p.frozen,
                     p.distill_target)
 
+    def _stream_seed(self, stream: str, *ids: int) -> int:
+        """The seed of one random stream: ``cfg.seed`` itself with ``train.rng_streams: shared`` (the global
+        generator then draws every peer's initial weights in turn), ``stream_seed`` with ``independent``."""
+        if self.cfg.train.rng_streams == "independent":
+            return stream_seed(self.cfg.seed, stream, *ids)
+        return self.cfg.seed
+
     def _view_seed(self) -> int:
         """Seed of this process's view generator: distinct per training seed, process and ``augment.view_seed``."""
+        if self.cfg.train.rng_streams == "independent":
+            return stream_seed(self.cfg.seed, "views", dist_utils.rank(), self.cfg.augment.view_seed)
         return self.cfg.seed + 1000 * dist_utils.rank() + 1_000_003 * self.cfg.augment.view_seed
 
     def _amp_dtype(self) -> torch.dtype | None:

@@ -472,7 +472,7 @@ def test_committed_grid_files_are_valid():
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml", "peer_tau01_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
-        "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
+        "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "position_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "temperature_002_cnn_12.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
         "temperature_lowest_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
         "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
@@ -759,6 +759,17 @@ def test_committed_grid_files_are_valid():
     assert_at_temperature(frozen01, "frozen_tau01", frozen_grid, "frozen_peer",
                           ("width", "temperature", "distill_weight", "frozen"),
                           [(16, 0.1, 0.1, False), (16, 0.5, 0.0, True)])
+    # Position: the width-16 pair at 0.2 of peer_tau02_cnn_12 on fresh seeds, and the same with independent
+    # random streams, the only change.
+    position = load_grid(REPO / "configs/grids/position_cnn_12.yaml")
+    assert position.eval_settings == pair_grid.eval_settings and position.spec.seeds == list(range(33, 65))
+    assert [c.name for c in position.spec.cells] == ["peer_w16_tau02", "peer_w16_tau02_independent"]
+    for seed in position.spec.seeds:
+        shared, independent = position.config("peer_w16_tau02", seed), position.config("peer_w16_tau02_independent", seed)
+        assert config_hash(shared) == config_hash(pair_grid.config("peer_w16_tau02", seed)), seed
+        assert (shared.train.rng_streams, independent.train.rng_streams) == ("shared", "independent")
+        independent.train.rng_streams = "shared"
+        assert config_hash(independent) == config_hash(shared), seed
     # The null comparison: the small CNN alone of those 20 seeds, and itself with another stream of views.
     null = load_grid(REPO / "configs/grids/null_small_cnn.yaml")
     assert null.eval_settings == cpu.eval_settings and null.spec.seeds == weights.spec.seeds

@@ -276,3 +276,85 @@ def test_view_seed_changes_only_the_views(tmp_path):
     assert config_hash(first.cfg) != config_hash(other.cfg)
     with pytest.raises(ConfigError, match="view_seed"):
         load_config(None, tiny_overrides(tmp_path, **{"augment.view_seed": -1}))
+
+
+def _initial_weights(trainer: Trainer, position: int) -> list[torch.Tensor]:
+    return [t.clone() for t in trainer.peers[position].model.state_dict().values()]
+
+
+def _built_after(seed: int, cfg, position: int, draws_before: list[int] = ()) -> list[torch.Tensor]:
+    """The initial weights of ``cfg.peers[position]`` built right after ``torch.manual_seed(seed)`` (and after
+    the peers at ``draws_before``, whose initialisation consumes the generator first)."""
+    from dogo.models import build_model
+
+    torch.manual_seed(seed)
+    for k in draws_before:
+        build_model(cfg.peers[k], 1, cfg.data.image_size, cfg.train.bn_views)
+    model = build_model(cfg.peers[position], 1, cfg.data.image_size, cfg.train.bn_views)
+    return list(model.state_dict().values())
+
+
+def test_shared_streams_draw_every_stream_from_the_seed_itself(tmp_path):
+    """The default, as every committed result ran: the global generator is seeded with the run's seed and
+    draws the peers' initial weights in turn, and the data order and the views start from the same seed,
+    so the first peer's weights come from the numbers that also order the data; the second peer's weights
+    depend on how many numbers the first one drew."""
+    data = synthetic(channels=1, size=28)
+    runs = {}
+    for first_width in (4, 8):
+        peers = f"[{{name: small, width: {first_width}}}, {{name: large, width: 8}}]"
+        cfg = load_config(None, tiny_overrides(tmp_path, **{"train.knn_every": 0, "seed": 5, "peers": peers}))
+        assert cfg.train.rng_streams == "shared"
+        runs[first_width] = trainer = Trainer(cfg, tmp_path / f"shared{first_width}", train_data=data)
+        for position in (0, 1):
+            expected = _built_after(5, cfg, position, draws_before=range(position))
+            assert all(torch.equal(a, b) for a, b in zip(_initial_weights(trainer, position), expected))
+        assert torch.equal(torch.rand(64, generator=trainer.order_generator),
+                           torch.rand(64, generator=torch.Generator().manual_seed(5)))
+        assert torch.equal(torch.rand(64, generator=trainer.generator),
+                           torch.rand(64, generator=torch.Generator().manual_seed(5)))
+    assert not all(torch.equal(a, b) for a, b in zip(_initial_weights(runs[4], 1), _initial_weights(runs[8], 1)))
+
+
+def test_independent_streams_share_no_numbers_and_a_peer_depends_on_its_position_only(tmp_path):
+    from dogo.config import is_added_setting_at_default
+    from dogo.grid import config_hash
+    from dogo.train import STREAMS, stream_seed
+
+    data = synthetic(channels=1, size=28)
+    runs = {}
+    for first_width in (4, 8):
+        peers = f"[{{name: small, width: {first_width}}}, {{name: large, width: 8}}]"
+        cfg = load_config(None, tiny_overrides(tmp_path, **{"train.knn_every": 0, "seed": 5, "peers": peers,
+                                                            "train.rng_streams": "independent"}))
+        runs[first_width] = trainer = Trainer(cfg, tmp_path / f"independent{first_width}", train_data=data)
+        for position in (0, 1):
+            expected = _built_after(stream_seed(5, "init", position), cfg, position)
+            assert all(torch.equal(a, b) for a, b in zip(_initial_weights(trainer, position), expected))
+        assert torch.equal(torch.rand(64, generator=trainer.order_generator),
+                           torch.rand(64, generator=torch.Generator().manual_seed(stream_seed(5, "order"))))
+        assert torch.equal(torch.rand(64, generator=trainer.generator),
+                           torch.rand(64, generator=torch.Generator().manual_seed(stream_seed(5, "views", 0, 0))))
+    # The second peer starts from the same weights whatever the first one is.
+    assert all(torch.equal(a, b) for a, b in zip(_initial_weights(runs[4], 1), _initial_weights(runs[8], 1)))
+    # Every stream of a run, and of the next seed, starts elsewhere: no two share their first numbers.
+    seeds = [stream_seed(s, stream, *ids) for s in (5, 6) for stream, ids in
+             [("init", (0,)), ("init", (1,)), ("subset", ()), ("order", ()), ("views", (0, 0)), ("views", (1, 0)),
+              ("views", (0, 1))]] + [5, 6]
+    firsts = {float(torch.rand(1, generator=torch.Generator().manual_seed(s))) for s in seeds}
+    assert len(firsts) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
+    assert stream_seed(5, "order") == stream_seed(5, "order") and STREAMS == ("init", "subset", "order", "views")
+    with pytest.raises(ValueError, match="unknown random stream 'labels'"):
+        stream_seed(5, "labels")
+    # The subset of the training images is a stream of its own too.
+    from dogo.data import load_dataset
+
+    own = Trainer(runs[8].cfg, tmp_path / "own_subset")
+    expected = load_dataset("fashion_mnist", "pretrain", None, 1024, False, stream_seed(5, "subset"))
+    assert torch.equal(own.train_data.images, expected.images)
+    assert not torch.equal(expected.images, load_dataset("fashion_mnist", "pretrain", None, 1024, False, 5).images)
+    # Another experiment; results recorded before the setting existed keep their hash.
+    assert is_added_setting_at_default("train.rng_streams", "shared")
+    assert config_hash(runs[8].cfg) != config_hash(load_config(None, tiny_overrides(tmp_path, seed=5, peers=peers)))
+    with pytest.raises(ConfigError, match="rng_streams"):
+        load_config(None, tiny_overrides(tmp_path, **{"train.rng_streams": "separate"}))
