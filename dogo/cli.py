@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import DogoError
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", "report", "tables, paired differences and figures of a grid's results"),
         ("ledger", "ledger", "every prediction of the grid files, with its verdict"),
         ("select", "selection", "choose among a sweep's cells on validation data, read the choice on the test set"),
+        ("position", "position", "are the two networks of a pair alike? second minus first over committed runs"),
     ):
         module = importlib.import_module(f".{module}", __package__)
         module.add_arguments(sub.add_parser(name, help=help_text or module.__doc__.splitlines()[0]))
@@ -119,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader closed our output early (`dogo ledger | head`): what it read is all it wanted. Point
+        # stdout at /dev/null so that the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return int(code or 0)
 
 
