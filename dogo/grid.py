@@ -272,6 +272,8 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
     """Train (or resume) one (cell, seed), evaluate it on the same device, write its result atomically.
 
     Returns the result path, or None when training was interrupted (its checkpoint stays for later)."""
+    import torch
+
     from .evaluate import clear_cache, evaluate_run
     from .runlog import device_name, git_commit, library_versions, read_metrics
     from .runs import train_or_reuse
@@ -318,6 +320,7 @@ def run_cell(grid: Grid, cell: str, seed: int, results_dir: str | Path, runs_dir
                     "eval": round(eval_s, 2), "total": round(train_s + eval_s, 2)},
         "training_status": trained.get("status"),
         "device": device_name(resolve_device(cfg.device)),
+        "threads": torch.get_num_threads(),  # on a CPU, how many threads split each op (`--parallel` runs 1 each)
         "versions": library_versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import dogo
@@ -107,6 +108,7 @@ def test_grid_writes_one_small_json_per_cell_and_seed(finished):
         assert r["classes"][0] == "T-shirt/top"
         assert r["seconds"]["total"] == pytest.approx(r["seconds"]["train"] + r["seconds"]["eval"], abs=0.02)
         assert set(r["versions"]) >= {"torch", "torchvision", "numpy", "sklearn"} and r["device"] and r["date"]
+        assert r["threads"] == torch.get_num_threads()
 
 
 def test_second_invocation_runs_nothing(finished, tmp_path):
