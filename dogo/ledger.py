@@ -122,21 +122,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from .report import replace_between_markers
-    from .runlog import atomic_write_text
+    from .report import rewrite_marked_block
 
-    if args.readme is not None and not Path(args.readme).is_file():
-        raise DogoError(f"README {args.readme} does not exist")
     if not Path(args.grids).is_dir():
         raise DogoError(f"grid folder {args.grids} does not exist")
-    text = Path(args.readme).read_text() if args.readme is not None else None
-    if text is not None:
-        replace_between_markers(text, *MARKERS, "")  # no markers: say so before reading every result
-    block = ledger_block(args.grids, args.results, args.readme)
-    if text is not None:
-        updated = replace_between_markers(text, *MARKERS, block)
-        atomic_write_text(Path(args.readme), updated)
-    print(block)
+    print(rewrite_marked_block(args.readme, MARKERS, lambda: ledger_block(args.grids, args.results, args.readme)))
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from .errors import DogoError
@@ -69,21 +70,20 @@ def grid_of_origin(record: dict[str, Any]) -> str:
 
 def _by_seed(pairs: list[tuple[int, float, float]]) -> tuple[dict[int, float], dict[int, float]]:
     """(first, second) network's value per training seed, averaged over the runs of that seed."""
-    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    runs: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for seed, first, second in pairs:
-        s = sums[seed]
-        s[0], s[1], s[2] = s[0] + first, s[1] + second, s[2] + 1
-    return ({seed: s[0] / s[2] for seed, s in sums.items()}, {seed: s[1] / s[2] for seed, s in sums.items()})
+        runs[seed].append((first, second))
+    return ({seed: fmean(f for f, _ in values) for seed, values in runs.items()},
+            {seed: fmean(s for _, s in values) for seed, values in runs.items()})
 
 
 def position_rows(runs: list[dict]) -> list[dict[str, Any]]:
     """Per measure (every headline evaluation measure, then the training curves' last epoch): the number of
     runs and of training seeds, and the second network minus the first as a paired difference over seeds."""
-    names = {id(r): [p["name"] for p in r["config"]["peers"]] for r in runs}
     measures: dict[tuple[str, str], list[tuple[int, float, float]]] = defaultdict(list)
     order: list[tuple[str, str, str]] = []
     for r in runs:
-        first, second = names[id(r)]
+        first, second = (p["name"] for p in r["config"]["peers"])
         mine = main_rows(tidy([r]))  # one record at a time: two grids may name a cell alike
         order += row_order(mine)
         for (protocol, setting, metric), rows in mine.groupby(["protocol", "setting", "metric"], sort=False):
@@ -142,18 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from .report import replace_between_markers
-    from .runlog import atomic_write_text
+    from .report import rewrite_marked_block
 
-    if args.readme is not None and not Path(args.readme).is_file():
-        raise DogoError(f"README {args.readme} does not exist")
-    text = Path(args.readme).read_text() if args.readme is not None else None
-    if text is not None:
-        replace_between_markers(text, *MARKERS, "")  # no markers: say so before reading every result
-    block = position_block(args.results, tuple(args.exclude))
-    if text is not None:
-        atomic_write_text(Path(args.readme), replace_between_markers(text, *MARKERS, block))
-    print(block)
+    print(rewrite_marked_block(args.readme, MARKERS, lambda: position_block(args.results, tuple(args.exclude))))
     return 0
 
 

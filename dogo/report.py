@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from .cli import SeedList
@@ -333,6 +334,23 @@ def replace_between_markers(text: str, start: str, end: str, block: str) -> str:
     if i < 0 or j < i:
         raise DogoError(f"the README has no block {start} ... {end}; add both markers where the table should go")
     return text[: i + len(start)] + "\n" + block.strip() + "\n" + text[j:]
+
+
+def rewrite_marked_block(readme: str | Path | None, markers: tuple[str, str], make_block: Callable[[], str]) -> str:
+    """``make_block()``, written in place between the README's two marker lines when ``readme`` is given. The
+    README and its markers are checked first: ``make_block`` may read every result before it could fail."""
+    from .runlog import atomic_write_text
+
+    text = None
+    if readme is not None:
+        if not Path(readme).is_file():
+            raise DogoError(f"README {readme} does not exist")
+        text = Path(readme).read_text()
+        replace_between_markers(text, *markers, "")
+    block = make_block()
+    if text is not None:
+        atomic_write_text(Path(readme), replace_between_markers(text, *markers, block))
+    return block
 
 
 # ============================================================================ command line

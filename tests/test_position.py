@@ -177,7 +177,6 @@ def test_committed_study_position_block_matches_the_committed_results():
         "STUDY.md's position block is out of date: run dogo position --exclude position_cnn_12 --readme STUDY.md")
 
 
-
 def test_a_reader_that_stops_early_ends_the_command_quietly(study, monkeypatch, capsys):
     """`dogo position | head -1`: the reader closes the pipe, the command returns 1 with no traceback."""
     import os
