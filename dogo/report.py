@@ -368,11 +368,7 @@ def write_report(results_dir: str | Path, grid: str | Path | None = None, figure
     text = format_report(results, paths, block)
     atomic_write_text(Path(results_dir) / "REPORT.md", text)
     if readme is not None:
-        readme = Path(readme)
-        if not readme.is_file():
-            raise DogoError(f"README {readme} does not exist")
-        updated = replace_readme_block(readme.read_text(), results.name, block)
-        atomic_write_text(readme, updated)
+        rewrite_marked_block(readme, _markers(results.name), lambda: block)
     return results, text
 
 
@@ -441,4 +437,4 @@ def _command(args: argparse.Namespace) -> int:
 __all__ = ["means_table", "comparisons_table", "differences_matrix", "intervals_excluding_zero", "chance_line",
            "seed_warning", "machine_warning", "readme_block", "format_report", "write_report", "rerun_table",
            "beside_table",
-           "readme_blocks", "replace_readme_block", "replace_between_markers"]
+           "readme_blocks", "replace_readme_block", "replace_between_markers", "rewrite_marked_block"]
