@@ -39,7 +39,7 @@ quickstart: setup
 
 test: setup
 	$(BIN)/ruff check dogo tests benchmarks notebooks
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
