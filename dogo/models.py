@@ -8,7 +8,6 @@ no max-pool); without it SimCLR on 32 px images loses more than 10 points.
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from .config import PeerConfig
@@ -53,6 +52,9 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, depth: int, in_channels: int = 3, image_size: int = 32):
         super().__init__()
+        # Imported here: torchvision's import pulls in torch._dynamo (about 2 s of a CLI call that builds no ResNet).
+        import torchvision
+
         constructors = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
         if depth not in constructors:
             raise ConfigError(f"backbone: resnet{depth} is not available; choose resnet18, resnet34 or resnet50")

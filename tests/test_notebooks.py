@@ -87,7 +87,8 @@ def test_notebook_runs_at_smoke_settings(path, tmp_path):
 @pytest.mark.slow
 def test_reproduction_notebook_with_other_parameters(tmp_path):
     """Parameters other than CI's reach the notebook: another seed and widths, seen in the results."""
-    params = {**ci_parameters(tmp_path), "SEEDS": [3], "SMALL_WIDTH": 4, "LARGE_WIDTH": 12}
+    params = {**ci_parameters(tmp_path), "SEEDS": [3], "SMALL_WIDTH": 4, "LARGE_WIDTH": 12,
+              "REPORTS": ["position_cnn_12"]}
     (written,) = run_notebooks(["06"], smoke=True, parameters=params, output_dir=tmp_path / "executed", timeout=600)
     injected = _injected(written)
     assert "SEEDS = [3]" in injected and "SMALL_WIDTH = 4" in injected
@@ -100,6 +101,10 @@ def test_reproduction_notebook_with_other_parameters(tmp_path):
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert results and {r["train_seed"] for r in results} == {3}
     assert {r["width"] for r in results} == {4, 12}
+    shown = [text for c in nbformat.read(written, as_version=4).cells if c.cell_type == "code" for o in c.outputs
+             for text in [o.get("data", {}).get("text/markdown", "")] if text.startswith("#")]
+    assert any("position_cnn_12" in text for text in shown)
+    assert not any("cpu_fmnist_cnn" in text.splitlines()[0] for text in shown), "a study left out of REPORTS"
 
 
 # ---------------------------------------------------------------------------- the runner
