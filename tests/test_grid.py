@@ -474,7 +474,7 @@ def test_committed_grid_files_are_valid():
         "linear_cnn_confirm.yaml", "linear_cnn_power.yaml",
         "noisy_cnn_confirm.yaml", "null_peer_cnn_12.yaml", "null_small_cnn.yaml", "null_views_confirm.yaml",
         "peer_oneway_cnn_12.yaml", "peer_tau01_cnn_12.yaml", "peer_tau02_cnn_12.yaml",
-        "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "position_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
+        "peer_width8_cnn_12.yaml", "peer_width_cnn_12.yaml", "peer_width_fresh_cnn_12.yaml", "position_cnn_12.yaml", "silhouette_cnn_confirm.yaml",
         "small_cnn_15seeds.yaml", "temperature_002_cnn_12.yaml", "temperature_cnn_12.yaml", "temperature_low_cnn_12.yaml",
         "temperature_lowest_cnn_12.yaml", "temperature_uniform_cnn_12.yaml",
         "transfer_cnn_confirm.yaml", "two_teachers_cnn_12.yaml",
@@ -630,6 +630,13 @@ def test_committed_grid_files_are_valid():
         assert [p.width for p in same_size.peers] == [16, 16]
         same_size.peers[1].width = 48
         assert config_hash(same_size) == config_hash(width.config("dogo", seed)), seed
+    # The width-16 peer against alone on twelve fresh seeds, both cells on one machine.
+    width_fresh = load_grid(REPO / "configs/grids/peer_width_fresh_cnn_12.yaml")
+    used = {seed for f in (REPO / "configs" / "grids").glob("*.yaml") if f != width_fresh.path
+            for seed in load_grid(f).spec.seeds}
+    assert_same_cells_on_fresh_seeds(width_fresh, width, list(range(65, 77)), used, cells=["small_alone", "peer_w16"])
+    assert [c.label for c in width_fresh.spec.compare] == ["small CNN: peer width 16 - alone"]
+    assert width_fresh.spec.compare[0] in width.spec.compare
     # A peer of half the student's width on the same seeds: the width-16 pair with the peer's width changed.
     weaker = load_grid(REPO / "configs/grids/peer_width8_cnn_12.yaml")
     assert_adopts(weaker, width, ["small_alone", "peer_w16", "peer_w8"], width.spec.seeds)
